@@ -1,0 +1,434 @@
+"""The benchmark tasks: where their files live, how to read them, and how to score them.
+
+An example is a plain ``dict`` holding the task's own field names (as in the official
+release), plus ``label`` (an index into ``Task.label_names``, a float for regression, or
+``None`` on unlabelled test splits) and ``idx``. Every stage downstream (generator, store,
+student, evaluation) speaks in these dicts, so a user's own input for ``predict`` looks
+exactly like a line of the official files.
+
+Data comes from a folder laid out as the official releases (``superglue/CB/train.jsonl``,
+``glue/MRPC/train.tsv``, ...) given by ``--data-dir`` or ``RETRIKT_DATA``; or, with a
+network, from the Hugging Face hub when the source is written ``hub:`` (e.g. ``hub:``
+alone uses the task's default hub dataset).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from retrikt import metrics
+from retrikt.errors import DataError
+
+SPLITS = ("train", "validation", "test")
+
+#: Kinds of task; they decide the student's head and how inputs are built.
+SINGLE, PAIR, MULTIPLE_CHOICE, REGRESSION, MULTI_ANSWER = (
+    "single",
+    "pair",
+    "multiple_choice",
+    "regression",
+    "multi_answer",
+)
+
+Example = dict[str, Any]
+#: One encoder input: a text, or a text pair (second part may be ``None``).
+EncoderInput = tuple[str, str | None]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A benchmark task: its schema, files, label names and official metrics."""
+
+    name: str
+    benchmark: str  # "superglue" or "glue"
+    folder: str  # folder under <data>/<benchmark>/
+    task_type: str
+    fields: tuple[str, ...]  # input fields, in the order they are shown to models
+    label_names: tuple[str, ...] | None  # None for regression
+    metric_names: tuple[str, ...]
+    description: str
+    hub: tuple[str, str]  # (hub dataset id, config) for the networked code path
+    #: GLUE tsv only: column of each field in the header, or its position when headerless.
+    columns: dict[str, str | int] = field(default_factory=dict)
+    label_column: str | int = "label"
+    has_header: bool = True
+    #: Natural-language words for each label, used by LLM prompts and generation templates.
+    label_words: tuple[str, ...] = ()
+    label_range: tuple[float, float] | None = None  # regression only
+
+    # ----------------------------------------------------------------- files
+    @property
+    def is_regression(self) -> bool:
+        return self.task_type == REGRESSION
+
+    @property
+    def num_labels(self) -> int:
+        """Classes of the head: 1 for regression and for a multiple-choice scorer."""
+        if self.task_type in (REGRESSION, MULTIPLE_CHOICE):
+            return 1
+        return len(self.label_names or ())
+
+    @property
+    def num_outputs(self) -> int:
+        """Size of the predicted distribution (choices for COPA, classes otherwise)."""
+        return 1 if self.is_regression else len(self.label_names or ())
+
+    def split_path(self, split: str, data_dir: str | os.PathLike) -> Path:
+        ext = "jsonl" if self.benchmark == "superglue" else "tsv"
+        stem = {"train": "train", "validation": "val" if ext == "jsonl" else "dev", "test": "test"}
+        if split not in stem:
+            raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        return Path(data_dir) / self.benchmark / self.folder / f"{stem[split]}.{ext}"
+
+    def read(self, split: str, data_dir: str | os.PathLike | None = None) -> list[Example]:
+        """Read one split as a list of examples; fails with the file and line on bad data."""
+        source = resolve_data_source(data_dir)
+        if source.startswith("hub:"):
+            return self._read_hub(split, source.removeprefix("hub:") or None)
+        path = self.split_path(split, source)
+        if not path.is_file():
+            fmt = (
+                "one JSON object per line (SuperGLUE jsonl)"
+                if self.benchmark == "superglue"
+                else "tab-separated GLUE tsv"
+            )
+            raise DataError(
+                f"{self.name}: no {split} split at {path} (expected {fmt}, laid out as "
+                f"<data>/{self.benchmark}/{self.folder}/{path.name})"
+            )
+        rows = _read_jsonl(path) if self.benchmark == "superglue" else self._read_tsv(path)
+        return [self._normalise(raw, f"{path}:{line}") for line, raw in rows]
+
+    def _read_tsv(self, path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+        # Headerless files (CoLA train/dev) still have a header in their test split.
+        header = rows[0] if rows and (self.has_header or rows[0][:1] == ["index"]) else None
+        first = 2 if header else 1
+        for line, row in enumerate(rows[1:] if header else rows, start=first):
+            if row:
+                yield line, self._tsv_row(row, header, f"{path}:{line}", line - first)
+
+    def _tsv_row(
+        self, row: list[str], header: list[str] | None, where: str, position: int
+    ) -> dict[str, Any]:
+        def cell(col: str | int, name: str) -> str | None:
+            if header is not None:
+                col = name if isinstance(col, int) else col
+                if col not in header:
+                    return None
+                col = header.index(col)
+            return row[col] if isinstance(col, int) and col < len(row) else None
+
+        out: dict[str, Any] = {}
+        for name, col in self.columns.items():
+            value = cell(col, name)
+            if value is None:
+                raise DataError(f"{where}: missing column {col!r} for field {name!r}")
+            out[name] = value
+        out["label"] = cell(self.label_column, "label")
+        index = cell("index", "index")
+        out["idx"] = int(index) if index and index.isdigit() else position
+        return out
+
+    def _read_hub(self, split: str, dataset_id: str | None) -> list[Example]:
+        """Networked path: read the split from the hub with ``datasets`` (not reachable offline)."""
+        from datasets import load_dataset
+
+        hub_id, config = self.hub
+        rows = load_dataset(dataset_id or hub_id, config, split=split)
+        where = f"hub:{dataset_id or hub_id}/{config}"
+        examples = []
+        for row in map(dict, rows):
+            if self.task_type == MULTI_ANSWER:  # hub MultiRC rows are already one per answer
+                row["group"] = (row["idx"]["paragraph"], row["idx"]["question"])
+            # Unlabelled hub test rows carry label -1.
+            row["label"] = None if row.get("label") == -1 else row.get("label")
+            examples.append(self._normalise(row, where))
+        return examples
+
+    # ------------------------------------------------------------ normalising
+    def _normalise(self, raw: dict[str, Any], where: str) -> Example:
+        if self.name == "wsc" and "target" in raw:
+            raw = {**raw, **raw.pop("target")}
+        missing = [f for f in self.fields if f not in raw]
+        if missing:
+            raise DataError(f"{where}: missing field(s) {', '.join(missing)} for task {self.name}")
+        example: Example = {f: raw[f] for f in self.fields}
+        for extra in ("span1_index", "span2_index", "start1", "end1", "start2", "end2", "group"):
+            if extra in raw:
+                example[extra] = raw[extra]
+        example["idx"] = raw.get("idx")
+        example["label"] = self.parse_label(raw.get("label"), where)
+        return example
+
+    def parse_label(self, value: Any, where: str = "input") -> int | float | None:
+        """Turn a label as written in any official file (name, index, bool, score) into ours."""
+        if value is None or value == "":
+            return None
+        if self.is_regression:
+            try:
+                score = float(value)
+            except (TypeError, ValueError):
+                raise DataError(f"{where}: label {value!r} is not a number") from None
+            return score
+        names = self.label_names or ()
+        if isinstance(value, bool):
+            value = int(value)
+        if isinstance(value, str) and value in names:
+            return names.index(value)
+        if isinstance(value, str) and value.lstrip("-").isdigit():
+            value = int(value)
+        if isinstance(value, int) and 0 <= value < len(names):
+            return value
+        raise DataError(
+            f"{where}: unknown label {value!r} for task {self.name} "
+            f"(expected one of {', '.join(names)} or their index)"
+        )
+
+    # --------------------------------------------------------------- inputs
+    def parse_input(self, item: Any, where: str = "input", max_chars: int = 20_000) -> Example:
+        """Check a user's input for prediction and turn it into an example.
+
+        Accepts a dict in the task's field names, a plain string (single-text tasks), or a
+        list of strings in field order (e.g. a text pair). Raises DataError saying exactly
+        what is wrong, so the CLI and the HTTP server can answer with it.
+        """
+        if isinstance(item, str):
+            item = [item]
+        if isinstance(item, list | tuple):
+            if len(item) != len(self.fields):
+                raise DataError(
+                    f"{where}: {self.name} needs {len(self.fields)} text(s) "
+                    f"({', '.join(self.fields)}), got {len(item)}"
+                )
+            item = dict(zip(self.fields, item, strict=True))
+        if not isinstance(item, dict):
+            raise DataError(
+                f"{where}: expected an object with fields {', '.join(self.fields)}, "
+                f"got {type(item).__name__}"
+            )
+        example: Example = {}
+        for name in self.fields:
+            if name not in item:
+                raise DataError(f"{where}: missing field {name!r} (task {self.name} needs "
+                                f"{', '.join(self.fields)})")  # fmt: skip
+            value = item[name]
+            if not isinstance(value, str):
+                raise DataError(
+                    f"{where}: field {name!r} must be a string, got {type(value).__name__}"
+                )
+            if not value.strip():
+                raise DataError(f"{where}: field {name!r} is empty")
+            if len(value) > max_chars:
+                raise DataError(
+                    f"{where}: field {name!r} has {len(value)} characters (max {max_chars})"
+                )
+            example[name] = value
+        if self.name == "copa" and example["question"] not in ("cause", "effect"):
+            raise DataError(f"{where}: field 'question' must be 'cause' or 'effect'")
+        example["idx"] = item.get("idx")
+        example["label"] = self.parse_label(item.get("label"), where)
+        return example
+
+    def encoder_inputs(self, example: Example) -> list[EncoderInput]:
+        """What the student encodes: one (text, pair) per choice for COPA, else exactly one."""
+        f = example
+        if self.name == "copa":
+            connective = "because" if f["question"] == "cause" else "so"
+            return [(f"{f['premise']} {connective}", f[c]) for c in ("choice1", "choice2")]
+        if self.name == "wic":
+            return [(f"{f['word']}: {f['sentence1']}", f["sentence2"])]
+        if self.name == "wsc":
+            return [(f["text"], f"Does '{f['span2_text']}' refer to '{f['span1_text']}'?")]
+        if self.name == "multirc":
+            return [(f["paragraph"], f"{f['question']} {f['answer']}")]
+        if self.name == "boolq":
+            return [(f["question"], f["passage"])]
+        if len(self.fields) == 1:
+            return [(f[self.fields[0]], None)]
+        return [(f[self.fields[0]], f[self.fields[1]])]
+
+    def render(self, example: Example) -> str:
+        """One readable line for logs, stores and explanations: ``field: value | ...``."""
+        return " | ".join(f"{name}: {example[name]}" for name in self.fields)
+
+    def label_name(self, label: int | float | None) -> str:
+        if label is None:
+            return "?"
+        if self.is_regression:
+            return f"{float(label):.2f}"
+        return (self.label_names or ())[int(label)]
+
+    # ---------------------------------------------------------------- metrics
+    def evaluate(self, preds: list, examples: list[Example]) -> dict[str, float]:
+        """The task's official metrics of ``preds`` against the examples' gold labels."""
+        golds = [ex["label"] for ex in examples]
+        if any(g is None for g in golds):
+            raise DataError(f"{self.name}: cannot score a split without gold labels")
+        groups = [ex.get("group") for ex in examples] if self.task_type == MULTI_ANSWER else None
+        return metrics.compute(self.metric_names, preds, golds, groups)
+
+    def describe_split(self, examples: list[Example]) -> dict[str, Any]:
+        """Size and label distribution, for ``retrikt inspect-data``."""
+        labels = [ex["label"] for ex in examples if ex["label"] is not None]
+        info: dict[str, Any] = {"examples": len(examples), "labelled": len(labels)}
+        if self.is_regression and labels:
+            info["label_mean"] = round(sum(labels) / len(labels), 3)
+            info["label_min"], info["label_max"] = min(labels), max(labels)
+        elif labels:
+            counts = Counter(labels)
+            info["labels"] = {self.label_name(k): counts[k] for k in sorted(counts)}
+        return info
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line, record); MultiRC's nested passages become one row per answer."""
+    with path.open(encoding="utf-8") as fh:
+        for line, text in enumerate(fh, start=1):
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{line}: not valid JSON ({err.msg})") from None
+            if not isinstance(record, dict):
+                kind = type(record).__name__
+                raise DataError(f"{path}:{line}: expected a JSON object, got {kind}")
+            if "passage" in record and isinstance(record["passage"], dict):
+                yield from ((line, row) for row in _flatten_multirc(record, f"{path}:{line}"))
+            else:
+                yield line, record
+
+
+def _flatten_multirc(record: dict[str, Any], where: str) -> Iterator[dict[str, Any]]:
+    try:
+        passage = record["passage"]
+        for question in passage["questions"]:
+            for answer in question["answers"]:
+                yield {
+                    "paragraph": passage["text"],
+                    "question": question["question"],
+                    "answer": answer["text"],
+                    "label": answer.get("label"),
+                    "idx": {
+                        "paragraph": record["idx"],
+                        "question": question["idx"],
+                        "answer": answer["idx"],
+                    },
+                    "group": (record["idx"], question["idx"]),
+                }
+    except (KeyError, TypeError) as err:
+        raise DataError(f"{where}: malformed MultiRC record (missing {err})") from None
+
+
+def resolve_data_source(data_dir: str | os.PathLike | None) -> str:
+    """``--data-dir`` if given, else ``RETRIKT_DATA``; a clear error when neither is set."""
+    source = data_dir if data_dir is not None else os.environ.get("RETRIKT_DATA")
+    if not source:
+        raise DataError(
+            "no data folder given: pass --data-dir DIR (the folder holding superglue/ and glue/) "
+            "or set RETRIKT_DATA; with a network, 'hub:' reads from the Hugging Face hub"
+        )
+    source = str(source)
+    if not source.startswith("hub:") and not Path(source).is_dir():
+        raise DataError(f"data folder {source} does not exist")
+    return source
+
+
+_SG = "aps/super_glue"
+_GLUE = "nyu-mll/glue"
+
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in [
+        Task(
+            "cb", "superglue", "CB", PAIR, ("premise", "hypothesis"),
+            ("entailment", "contradiction", "neutral"), ("accuracy", "macro_f1"),
+            "CommitmentBank: does the premise commit to the hypothesis?", (_SG, "cb"),
+            label_words=("yes", "no", "maybe"),
+        ),
+        Task(
+            "copa", "superglue", "COPA", MULTIPLE_CHOICE,
+            ("premise", "question", "choice1", "choice2"), ("choice1", "choice2"),
+            ("accuracy",), "Choice of Plausible Alternatives: pick the cause or effect.",
+            (_SG, "copa"), label_words=("1", "2"),
+        ),
+        Task(
+            "rte", "superglue", "RTE", PAIR, ("premise", "hypothesis"),
+            ("entailment", "not_entailment"), ("accuracy",),
+            "Recognising Textual Entailment (SuperGLUE release).", (_SG, "rte"),
+            label_words=("yes", "no"),
+        ),
+        Task(
+            "wic", "superglue", "WiC", PAIR, ("word", "sentence1", "sentence2"),
+            ("False", "True"), ("accuracy",),
+            "Words in Context: is the word used in the same sense in both sentences?",
+            (_SG, "wic"), label_words=("no", "yes"),
+        ),
+        Task(
+            "wsc", "superglue", "WSC", PAIR, ("text", "span1_text", "span2_text"),
+            ("False", "True"), ("accuracy",),
+            "Winograd Schema: does the pronoun (span2) refer to the noun phrase (span1)?",
+            (_SG, "wsc.fixed"), label_words=("no", "yes"),
+        ),
+        Task(
+            "boolq", "superglue", "BoolQ", PAIR, ("question", "passage"), ("False", "True"),
+            ("accuracy",), "Boolean Questions: answer a yes/no question about a passage.",
+            (_SG, "boolq"), label_words=("no", "yes"),
+        ),
+        Task(
+            "multirc", "superglue", "MultiRC", MULTI_ANSWER,
+            ("paragraph", "question", "answer"), ("False", "True"), ("f1a", "exact_match"),
+            "Multi-Sentence Reading Comprehension: is each candidate answer correct?",
+            (_SG, "multirc"), label_words=("no", "yes"),
+        ),
+        Task(
+            "mrpc", "glue", "MRPC", PAIR, ("sentence1", "sentence2"),
+            ("not_equivalent", "equivalent"), ("f1", "accuracy"),
+            "Microsoft Research Paraphrase Corpus: are the sentences paraphrases?",
+            (_GLUE, "mrpc"), columns={"sentence1": "#1 String", "sentence2": "#2 String"},
+            label_column="Quality", label_words=("no", "yes"),
+        ),
+        Task(
+            "cola", "glue", "CoLA", SINGLE, ("sentence",), ("unacceptable", "acceptable"),
+            ("mcc",), "Corpus of Linguistic Acceptability: is the sentence grammatical?",
+            (_GLUE, "cola"), columns={"sentence": 3}, label_column=1, has_header=False,
+            label_words=("no", "yes"),
+        ),
+        Task(
+            "stsb", "glue", "STS-B", REGRESSION, ("sentence1", "sentence2"), None,
+            ("pearson", "spearman"), "Semantic Textual Similarity: a score from 0 to 5.",
+            (_GLUE, "stsb"), columns={"sentence1": "sentence1", "sentence2": "sentence2"},
+            label_column="score", label_range=(0.0, 5.0),
+        ),
+        Task(
+            "glue-rte", "glue", "RTE", PAIR, ("sentence1", "sentence2"),
+            ("entailment", "not_entailment"), ("accuracy",),
+            "Recognising Textual Entailment (GLUE release).", (_GLUE, "rte"),
+            columns={"sentence1": "sentence1", "sentence2": "sentence2"},
+            label_words=("yes", "no"),
+        ),
+        Task(
+            "sst2", "glue", "SST-2", SINGLE, ("sentence",), ("negative", "positive"),
+            ("accuracy",), "Stanford Sentiment Treebank: is the sentence positive?",
+            (_GLUE, "sst2"), columns={"sentence": "sentence"},
+            label_words=("negative", "positive"),
+        ),
+    ]
+}  # fmt: skip
+
+
+def get_task(name: str) -> Task:
+    """Look a task up by name (case-insensitive; ``sts-b``/``sst-2`` spellings accepted)."""
+    key = name.lower().replace("sts-b", "stsb").replace("sst-2", "sst2")
+    if key not in TASKS:
+        raise DataError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+    return TASKS[key]
