@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # one INFO line per process
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

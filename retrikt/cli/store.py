@@ -1,0 +1,208 @@
+"""``retrikt store``: inspect, verify, sample, merge and re-embed knowledge stores."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections import Counter
+from typing import Any
+
+DESCRIPTION = """\
+Work with a knowledge store folder (made by `retrikt build-store`).
+
+  info     what the store holds: task, labels, encoder, index, provenance, files
+  verify   re-hash every file against the manifest; exit 1 naming a bad file
+  sample   print a few entries readably
+  merge    combine stores of the same task and encoder, dropping duplicates and
+           recording which store and generator each entry came from
+  reindex  re-embed every entry with another encoder into a new store
+
+info and sample check file sizes but skip hashing; use verify for a full check.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "store",
+        help="inspect, verify, sample, merge or re-embed a knowledge store",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = parser.add_subparsers(dest="store_command", metavar="ACTION", required=True)
+
+    info = actions.add_parser(
+        "info",
+        help="summarise a store",
+        description="Print a store's manifest summary, label and generator counts, and files.",
+    )
+    info.add_argument("path", help="store folder")
+    info.add_argument("--json", action="store_true", help="print the full manifest as JSON")
+    info.set_defaults(func=_info)
+
+    verify = actions.add_parser(
+        "verify",
+        help="check every file's size and sha256",
+        description="Re-hash every file of the current version against the manifest and check "
+        "the row counts agree; exits 1 with the name of the first bad file.",
+    )
+    verify.add_argument("path", help="store folder")
+    verify.add_argument("--encoder", help="also require this encoder id")
+    verify.set_defaults(func=_verify)
+
+    sample = actions.add_parser(
+        "sample",
+        help="print a few entries",
+        description="Print randomly chosen entries: fields, requested label, teacher soft "
+        "labels, rewards, generator and provenance.",
+    )
+    sample.add_argument("path", help="store folder")
+    sample.add_argument("-n", type=int, default=5, help="how many entries (default 5)")
+    sample.add_argument("--seed", type=int, default=0, help="which random entries (default 0)")
+    sample.set_defaults(func=_sample)
+
+    merge = actions.add_parser(
+        "merge",
+        help="combine stores into a new one",
+        description="Write a new store at OUT holding every distinct entry of the inputs (the "
+        "first copy of a duplicate wins). Inputs must share task, labels and encoder; each "
+        "entry keeps its generator and source store, and the manifest lists every input.",
+    )
+    merge.add_argument("out", help="new store folder")
+    merge.add_argument(
+        "paths", nargs="+", metavar="PATH", help="stores to merge, in priority order"
+    )
+    merge.add_argument(
+        "--index",
+        default="auto",
+        choices=["auto", "flat", "hnsw", "ivfpq", "ivfsq"],
+        help="index of the merged store (default: auto, chosen by size)",
+    )
+    merge.set_defaults(func=_merge)
+
+    reindex = actions.add_parser(
+        "reindex",
+        help="re-embed a store with another encoder",
+        description="Embed every entry's stored text with ENCODER (a preset name from "
+        "`retrikt models` or a sentence-transformers folder) and rebuild the index.",
+    )
+    reindex.add_argument("path", help="store folder")
+    reindex.add_argument("--encoder", required=True, help="encoder preset or folder")
+    target = reindex.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", help="write the re-embedded store to this new folder")
+    target.add_argument(
+        "--in-place", action="store_true", help="save it as a new version of PATH instead"
+    )
+    reindex.add_argument("--batch-size", type=int, default=64, help="encoder batch size")
+    reindex.set_defaults(func=_reindex)
+
+
+def _open(path: str, verify: bool = False, encoder: str | None = None):
+    from retrikt.store import KnowledgeStore
+
+    return KnowledgeStore.open(path, verify=verify, expected_encoder=encoder)
+
+
+def _label_name(store, label: Any) -> str:
+    names = store.label_names
+    return names[int(label)] if names is not None else f"{float(label):.3g}"
+
+
+def _info(args: argparse.Namespace) -> int:
+    store = _open(args.path)
+    manifest = store.manifest
+    if args.json:
+        print(json.dumps(manifest, indent=2, ensure_ascii=False))
+        return 0
+    encoder = manifest["encoder"]
+    index = manifest["index"]
+    labels = ", ".join(store.label_names) if store.label_names else "none (regression)"
+    print(f"store      {store.path}  (version {store.version}, updated {manifest['updated']})")
+    print(f"task       {store.task}   labels: {labels}")
+    norm = "normalized" if encoder["normalized"] else "not normalized"
+    print(f"encoder    {encoder['id']}  ({encoder['dim']}-dim, {norm})")
+    print(f"entries    {len(store)}")
+    print(
+        f"index      {index['kind']} ({index['factory']}), requested {index['requested']}, "
+        f"search {index['search_params']}"
+    )
+    print(f"generator  {json.dumps(manifest['generator'])}")
+    print(f"teacher    {json.dumps(manifest['teacher'])}")
+    if len(store):
+        if store.label_names is not None:
+            counts = Counter(_label_name(store, v) for v in store.requested_labels())
+            print("requested  " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        generators = Counter(g or "?" for g in store.column("generator").to_pylist())
+        print("written by " + ", ".join(f"{k} {v}" for k, v in generators.most_common()))
+    for source in manifest["sources"]:
+        print(
+            f"source     {source['path']} ({source['store_id'][:8]}): {source['added']} added, "
+            f"{source['duplicates']} duplicates"
+        )
+    for name, record in manifest["files"].items():
+        print(f"file       {name:16s} {record['size']:>14,d} bytes  sha256 {record['sha256'][:16]}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    report = _open(args.path, verify=True, encoder=args.encoder).verify()
+    size = sum(report.files.values())
+    print(
+        f"OK {report.path}: version {report.version}, {report.entry_count} entries, "
+        f"{len(report.files)} files ({size:,d} bytes) match their sha256; index {report.index}"
+    )
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    store = _open(args.path)
+    rows = sorted(random.Random(args.seed).sample(range(len(store)), min(args.n, len(store))))
+    names = store.label_names
+    for number, (row, entry) in enumerate(zip(rows, store.entries(rows), strict=True), start=1):
+        print(f"[{number}/{len(rows)}] row {row}  id {entry.id}")
+        print(f"  generator  {entry.generator or '?'}   source store {entry.source[:8]}")
+        if names is not None:
+            teacher = " | ".join(
+                f"{n} {p:.2f}" for n, p in zip(names, entry.soft_labels, strict=True)
+            )
+        else:
+            teacher = f"score {entry.soft_labels[0]:.3g}"
+        print(f"  requested  {_label_name(store, entry.requested_label)}   teacher  {teacher}")
+        if entry.rewards:
+            print("  rewards    " + ", ".join(f"{k} {v:.3f}" for k, v in entry.rewards.items()))
+        for name, value in entry.fields.items():
+            print(f"  {name}: {value}")
+        if entry.rationale:
+            print(f"  rationale: {entry.rationale}")
+        print()
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from retrikt.store import KnowledgeStore
+
+    merged = KnowledgeStore.merge(args.paths, args.out, index=args.index)
+    for source in merged.manifest["sources"]:
+        print(
+            f"{source['path']}: {source['entries']} entries, {source['added']} added, "
+            f"{source['duplicates']} duplicates"
+        )
+    print(f"wrote {merged.path}: {len(merged)} entries, index {merged.index_config.kind}")
+    return 0
+
+
+def _reindex(args: argparse.Namespace) -> int:
+    from retrikt.encoder import Encoder
+
+    store = _open(args.path, verify=True)
+    encoder = Encoder(args.encoder)
+    new = store.reindex(
+        lambda texts: encoder.encode(texts, batch_size=args.batch_size),
+        encoder.model_id,
+        out=None if args.in_place else args.out,
+    )
+    print(
+        f"wrote {new.path}: {len(new)} entries embedded with {new.encoder_id} "
+        f"({new.dim}-dim), index {new.index_config.kind}"
+    )
+    return 0
