@@ -28,14 +28,24 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,setfit]"
 	touch $@
 
+# The whole pipeline on CB at demo scale: build a store, train the retrieval student and the
+# plain baseline, score both, and explain a few predictions.
 demo: setup
+	$(BIN)/retrikt build-store --task cb --data-dir $(RETRIKT_DATA) --out $(DEMO)/store \
+		--samples-per-label 8 --rl ppo --train-limit 64 --prompt-steps 12 --teacher-steps 12 \
+		--rl-steps 2 --max-new-tokens 96 --batch-size 24 --cache-dir $(DEMO)/cache
+	$(BIN)/retrikt train-student --task cb --data-dir $(RETRIKT_DATA) --store $(DEMO)/store \
+		--out $(DEMO)/retrikt --epochs 4
 	$(BIN)/retrikt train-student --task cb --data-dir $(RETRIKT_DATA) --no-retrieval \
-		--out $(DEMO)/student-ft --encoder minilm-l6 --epochs 5 --max-length 128
+		--out $(DEMO)/student-ft --epochs 4
 	$(BIN)/retrikt evaluate --task cb --data-dir $(RETRIKT_DATA) --model $(DEMO)/student-ft \
-		--out $(DEMO)/student-ft/eval.json
+		--out $(DEMO)/student-ft.json
+	$(BIN)/retrikt evaluate --task cb --data-dir $(RETRIKT_DATA) --model $(DEMO)/retrikt \
+		--out $(DEMO)/retrikt.json
+	head -n 3 $(RETRIKT_DATA)/superglue/CB/val.jsonl | $(BIN)/retrikt predict --model $(DEMO)/retrikt
 
 test: setup
 	$(BIN)/ruff check retrikt tests experiments

@@ -1,0 +1,258 @@
+"""Compare the examples written by the plain instruction-prompted LLM, the supervised soft
+prompt and the RL-refined soft prompt on CB, RTE and COPA.
+
+Every stage goes through ``retrikt.generator.build`` with its caches (prompts, RL adapters,
+generation checkpoints), so an interrupted run resumes and a finished one only re-renders
+the report. The markdown is rewritten after each task, so partial results are visible.
+
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/generator_report.py \\
+        --data-dir ../shared/data --out experiments/results/generator.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import shlex
+import sys
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from retrikt.encoder import Encoder
+from retrikt.generator.build import (
+    BuildConfig,
+    generate_records,
+    load_task_data,
+    prepare_generator,
+    prepare_teacher,
+    score_records,
+)
+
+logger = logging.getLogger("generator_report")
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Unique n-grams over all n-grams of the texts (lower-cased words)."""
+    grams = Counter()
+    for text in texts:
+        words = text.lower().split()
+        grams.update(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    return len(grams) / max(sum(grams.values()), 1)
+
+
+def setting_metrics(task, data, records, encoder, teacher_id, near_duplicate) -> dict:
+    scores = score_records(task, records, encoder, data.train, teacher_id, near_duplicate)
+    valid = [(r, s) for r, s in zip(records, scores, strict=True) if s["validity"] > 0]
+    metrics = {"generated": len(records), "validity": len(valid) / max(len(records), 1)}
+    if not valid:
+        return metrics
+    texts = [task.render(r["fields"]) for r, _ in valid]
+    if task.is_regression:
+        agree = [abs(r["soft_labels"][0] - r["label"]) < 0.5 for r, _ in valid]
+    else:
+        agree = [int(np.argmax(r["soft_labels"])) == r["label"] for r, _ in valid]
+    vectors = encoder.encode(texts)
+    train_vectors = encoder.encode([task.render(ex) for ex in data.train])
+    nearest_train = (vectors @ train_vectors.T).max(axis=1)
+    n = len(vectors)
+    pairwise = (vectors @ vectors.T)[~np.eye(n, dtype=bool)].mean() if n > 1 else float("nan")
+    metrics.update(
+        agreement=float(np.mean(agree)),
+        p_requested=float(np.mean([s["accuracy"] for _, s in valid])),
+        distinct_1=distinct_n(texts, 1),
+        distinct_2=distinct_n(texts, 2),
+        pairwise_cosine=float(pairwise),
+        nearest_train=float(nearest_train.mean()),
+        copies=float((nearest_train >= near_duplicate).mean()),
+        duplicates=float(np.mean([s["diversity"] == 0 for _, s in valid])),
+    )
+    return metrics
+
+
+def rl_summary(adapter: Path | None) -> str:
+    log = adapter / "rl_log.jsonl" if adapter else None
+    if not log or not log.is_file():
+        return ""
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    key = "reward" if "reward" in rows[0] else next(k for k in rows[0] if "reward" in k)
+    first, last = rows[0], rows[-1]
+    kl = f", KL {last['kl']:.3f} at the end" if "kl" in last else ""
+    return f"RL reward {first[key]:.3f} at step 1 -> {last[key]:.3f} at step {len(rows)}{kl}"
+
+
+def example_lines(task, records, scores_by_id, k: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    lines = []
+    for r in rng.sample(records, min(k, len(records))):
+        wanted = task.label_name(r["label"])
+        if r["fields"] is None:
+            raw = " ".join(r["text"].split())[:300]
+            lines.append(f"- asked **{wanted}** - unparsable: `{raw}`")
+            continue
+        soft = r["soft_labels"]
+        if task.is_regression:
+            verdict = f"teacher {soft[0]:.2f}"
+        else:
+            verdict = f"teacher {task.label_name(int(np.argmax(soft)))} ({max(soft):.2f})"
+        dup = " (duplicate)" if scores_by_id[r["id"]]["diversity"] == 0 else ""
+        lines.append(f"- asked **{wanted}**, {verdict}{dup}: {task.render(r['fields'])}")
+    return lines
+
+
+COLUMNS = [
+    ("validity", "valid"),
+    ("agreement", "teacher agrees"),
+    ("p_requested", "p(requested)"),
+    ("distinct_1", "distinct-1"),
+    ("distinct_2", "distinct-2"),
+    ("pairwise_cosine", "mean pairwise cos"),
+    ("nearest_train", "nearest-train cos"),
+    ("copies", "copies (>= 0.95)"),
+    ("duplicates", "duplicates"),
+]
+
+
+def render(command: str, args, sections: list[str], teacher_rows: list[str]) -> str:
+    scale = (
+        f"Scale (kept small: 2 shared CPU cores): {args.samples_per_label} samples per label and "
+        f"setting, {args.max_new_tokens} new tokens at most, temperature {args.temperature}; "
+        f"soft prompts of {args.virtual_tokens} virtual tokens trained {args.prompt_steps} steps "
+        f"(generator) and {args.teacher_steps} steps (teacher) at batch 8 on at most "
+        f"{args.train_limit} training examples; PPO {args.rl_steps} steps of "
+        f"{args.rl_batch} rollouts. The teacher labels every example; metrics over the valid "
+        "ones, embeddings from minilm-l6 over the whole rendered example."
+    )
+    return "\n".join(
+        [
+            "# Generator: plain prompt vs soft prompt vs RL-refined soft prompt",
+            "",
+            "```",
+            command,
+            "```",
+            "",
+            scale,
+            "",
+            "## Teacher (SmolLM2-135M), validation",
+            "",
+            "CB and RTE: label-word probabilities after a chat question; COPA: each choice's",
+            "length-normalised likelihood as the continuation of the premise. *tuned* adds the",
+            f"teacher's own soft prompt ({args.teacher_steps} steps), which the store uses.",
+            "",
+            "| task | examples | metric | zero-shot | tuned | majority class |",
+            "|---|---|---|---|---|---|",
+            *teacher_rows,
+            "",
+            "Columns: *valid* = share of outputs that parse into the task's fields (closing",
+            "`###`, every field, sane lengths); *teacher agrees* = share of valid ones whose",
+            "teacher argmax is the requested label; *p(requested)* = mean teacher probability of",
+            "it; *distinct-n* = unique n-grams / all n-grams; *mean pairwise cos* = mean cosine",
+            "between valid examples (lower = more varied); *nearest-train cos* = mean cosine to",
+            "the closest training example (high = copying); *copies* = share at or above 0.95 to",
+            "a training example; *duplicates* = share that are exact or near (>= 0.95) duplicates",
+            "of a training example or an earlier generated one (dropped by build-store).",
+            "",
+            *sections,
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--out", default="experiments/results/generator.md")
+    parser.add_argument("--tasks", default="copa,rte,cb")
+    parser.add_argument("--samples-per-label", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--prompt-steps", type=int, default=30)
+    parser.add_argument("--teacher-steps", type=int, default=30)
+    parser.add_argument("--virtual-tokens", type=int, default=16)
+    parser.add_argument("--rl-steps", type=int, default=4)
+    parser.add_argument("--rl-batch", type=int, default=6)
+    parser.add_argument("--train-limit", type=int, default=400)
+    parser.add_argument("--teacher-eval-limit", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--cache-dir", help="stage cache (default: $RETRIKT_CACHE/build)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    command = "OMP_NUM_THREADS={} .venv/bin/python {}".format(
+        os.environ.get("OMP_NUM_THREADS", "<unset>"), shlex.join(sys.argv)
+    )
+    encoder = Encoder("minilm-l6")
+    sections: list[str] = []
+    teacher_rows: list[str] = []
+    for name in args.tasks.split(","):
+        started = time.perf_counter()
+        base = BuildConfig(
+            task=name,
+            data_dir=args.data_dir,
+            out="unused",
+            rl="none",
+            prompt_steps=0,
+            teacher_steps=args.teacher_steps,
+            samples_per_label=args.samples_per_label,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            batch_size=args.batch_size,
+            num_virtual_tokens=args.virtual_tokens,
+            train_limit=args.train_limit,
+            teacher_eval_limit=args.teacher_eval_limit,
+            cache_dir=args.cache_dir,
+            rl_options={"batch_size": args.rl_batch, "mini_batch_size": args.rl_batch},
+        )
+        data = load_task_data(base)
+        task = data.task
+        _, zero_shot = prepare_teacher(replace(base, teacher_steps=0), data)
+        teacher, info = prepare_teacher(base, data)
+        metric = task.metric_names[0]
+        val = info["validation"]
+        golds = Counter(ex["label"] for ex in data.validation)
+        majority = max(golds.values()) / sum(golds.values())
+        teacher_rows.append(
+            f"| {task.name} | {val['examples']} | {metric} | {zero_shot['validation'][metric]:.3f} "
+            f"| {val[metric]:.3f} | {majority:.3f} |"
+        )
+        settings = {
+            "plain instruction prompt": base,
+            "soft prompt (supervised)": replace(base, prompt_steps=args.prompt_steps),
+            "soft prompt + PPO": replace(
+                base, prompt_steps=args.prompt_steps, rl="ppo", rl_steps=args.rl_steps
+            ),
+        }
+        table = [
+            "| setting | generated | " + " | ".join(title for _, title in COLUMNS) + " |",
+            "|---" * (len(COLUMNS) + 2) + "|",
+        ]
+        shown: list[str] = []
+        notes: list[str] = []
+        for label, config in settings.items():
+            adapter = prepare_generator(config, data, teacher, info)
+            records = generate_records(config, data, adapter, teacher)
+            m = setting_metrics(task, data, records, encoder, teacher.id, config.near_duplicate)
+            cells = [f"{m[key]:.3f}" if key in m else "-" for key, _ in COLUMNS]
+            table.append(f"| {label} | {m['generated']} | " + " | ".join(cells) + " |")
+            if summary := rl_summary(adapter if config.rl != "none" else None):
+                notes.append(f"{label}: {summary}.")
+            scores = score_records(
+                task, records, encoder, data.train, teacher.id, config.near_duplicate
+            )
+            by_id = {r["id"]: s for r, s in zip(records, scores, strict=True)}
+            shown += ["", f"**{label}** (10 random outputs)", ""]
+            shown += example_lines(task, records, by_id, 10, seed=0)
+        minutes = (time.perf_counter() - started) / 60
+        sections += [f"## {task.name}", "", *table, "", *notes]
+        sections += ["", f"({minutes:.1f} min for this task in this run.)", "", *shown, ""]
+        Path(args.out).write_text(render(command, args, sections, teacher_rows))
+        logger.info("wrote %s after %s", args.out, task.name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""Load test of ``retrikt serve``: N requests from C concurrent clients over localhost HTTP.
+
+Starts ``retrikt serve`` on a free port (or uses ``--url`` of a running server), sends
+``--requests`` POST /predict requests of ``--batch`` real validation inputs each from
+``--clients`` concurrent clients (asyncio + httpx, one connection each, so the client
+costs little CPU next to the server on the same cores), and reports latency percentiles,
+throughput and every failure. With ``--bad-fraction`` some requests carry an invalid
+input on purpose: they must get a 422, and count as failures otherwise.
+
+    python experiments/load_test.py --model DIR --data-dir ../shared/data \\
+        --out experiments/results/load_test
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from experiments.bench_latency import CpuMonitor, machine_context  # noqa: E402
+from retrikt.tasks import get_task  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(model: str, max_batch: int) -> tuple[subprocess.Popen, str]:
+    """``retrikt serve`` in a child process, returned once /health answers."""
+    port = free_port()
+    command = [sys.executable, "-m", "retrikt", "serve", "--model", model, "--port", str(port),
+               "--max-batch", str(max_batch), "--no-access-log"]  # fmt: skip
+    print("starting:", " ".join(["retrikt", *command[3:]]), flush=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(command, cwd=REPO, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"retrikt serve exited with code {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("retrikt serve did not answer /health within 300 s")
+
+
+def plan(inputs: list[dict], n: int, batch: int, bad_fraction: float, seed: int) -> list[dict]:
+    """The request bodies, fixed in advance so runs are comparable."""
+    rng = random.Random(seed)
+    bodies = []
+    for _ in range(n):
+        items = [rng.choice(inputs) for _ in range(batch)]
+        bad = rng.random() < bad_fraction
+        if bad:  # an empty first field: a 422 the server must give without falling over
+            items[0] = {**items[0], next(iter(items[0])): " "}
+        bodies.append({"body": {"inputs": items}, "expect": 422 if bad else 200})
+    return bodies
+
+
+async def hammer(url: str, bodies: list[dict], clients: int) -> list[dict]:
+    queue: asyncio.Queue[dict] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    results: list[dict] = []
+
+    async def client() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            while not queue.empty():
+                job = queue.get_nowait()
+                start = time.perf_counter()
+                try:
+                    response = await http.post("/predict", json=job["body"])
+                    status, ok = response.status_code, response.status_code == job["expect"]
+                    if ok and status == 200:
+                        ok = len(response.json()["predictions"]) == len(job["body"]["inputs"])
+                except httpx.HTTPError as err:
+                    status, ok = type(err).__name__, False
+                seconds = time.perf_counter() - start
+                results.append({"status": status, "ok": ok, "seconds": seconds, **job})
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return results
+
+
+def summarise(results: list[dict], wall: float) -> dict:
+    good = np.array([r["seconds"] for r in results if r["ok"] and r["expect"] == 200]) * 1000
+    return {
+        "requests": len(results),
+        "failures": sum(not r["ok"] for r in results),
+        "statuses": dict(Counter(str(r["status"]) for r in results)),
+        "rejected_as_expected": sum(r["ok"] and r["expect"] == 422 for r in results),
+        "wall_seconds": round(wall, 2),
+        "requests_per_second": round(len(results) / wall, 1),
+        "latency_ms": {f"p{q}": round(float(np.percentile(good, q)), 2) for q in (50, 90, 99)}
+        | {"max": round(float(good.max()), 2), "mean": round(float(good.mean()), 2)},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="student folder to serve (or give --url)")
+    parser.add_argument("--url", help="an already running server instead of starting one")
+    parser.add_argument("--task", default="cb")
+    parser.add_argument("--data-dir", default=os.environ.get("RETRIKT_DATA", "../shared/data"))
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=1, help="inputs per request")
+    parser.add_argument("--bad-fraction", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="write OUT.json and OUT.md")
+    args = parser.parse_args()
+    if not (args.model or args.url):
+        parser.error("give --model DIR or --url URL")
+
+    task = get_task(args.task)
+    inputs = [{f: ex[f] for f in task.fields} for ex in task.read("validation", args.data_dir)]
+    bodies = plan(inputs, args.requests, args.batch, args.bad_fraction, args.seed)
+    proc = None
+    if args.url:
+        url = args.url
+    else:
+        proc, url = start_server(args.model, max(64, args.batch))
+    try:
+        before = machine_context()
+        asyncio.run(hammer(url, bodies[: 2 * args.clients], args.clients))  # warm-up, not counted
+        with CpuMonitor([proc.pid] if proc else []) as monitor:
+            start = time.perf_counter()
+            results = asyncio.run(hammer(url, bodies, args.clients))
+            wall = time.perf_counter() - start
+        info = httpx.get(f"{url}/info", timeout=10).json()
+        health = httpx.get(f"{url}/health", timeout=10).status_code
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+    summary = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "server": {"task": info["task"], "retrieval": info["retrieval"],
+                   "store_size": info["store_size"], "encoder": info["config"].get("encoder")},
+        "clients": args.clients, "batch": args.batch, "bad_fraction": args.bad_fraction,
+        **summarise(results, wall),
+        "health_after": health,
+        "machine": {"before": before, "during": monitor.result, "after": machine_context()},
+    }  # fmt: skip
+    print(json.dumps(summary, indent=2))
+    if args.out:
+        Path(f"{args.out}.json").write_text(json.dumps(summary, indent=2) + "\n")
+        Path(f"{args.out}.md").write_text(render(summary))
+
+
+def render(s: dict) -> str:
+    lat = s["latency_ms"]
+    m = s["machine"]
+    return f"""# Load test of `retrikt serve`
+
+Command: `{s["command"]}`
+
+Server: `retrikt serve` started by the script on localhost (`--max-batch 64 --no-access-log`,
+default torch threads), task {s["server"]["task"]}, encoder {s["server"]["encoder"]}, retrieval
+{s["server"]["retrieval"]} (store of {s["server"]["store_size"]} entries). Each request holds
+{s["batch"]} real validation input(s); the clients (asyncio + httpx, one connection each) and
+the server share the same 2 CPU cores. A failure is any answer other than the expected 200 (or
+422 for the inputs made invalid on purpose) with one prediction per input.
+
+| requests | clients | inputs/request | invalid on purpose | failures | req/s | p50 ms | p90 ms | p99 ms | max ms |
+|---|---|---|---|---|---|---|---|---|---|
+| {s["requests"]} | {s["clients"]} | {s["batch"]} | {s["rejected_as_expected"]} (got 422) | {s["failures"]} | {s["requests_per_second"]} | {lat["p50"]} | {lat["p90"]} | {lat["p99"]} | {lat["max"]} |
+
+HTTP statuses: {s["statuses"]}; `/health` after the run: {s["health_after"]}.
+
+Machine load: before, {m["before"]["summary"]}; during the run the server and clients used
+{m["during"]["cores_ours"]} cores and other work {m["during"]["cores_others"]} cores (load
+average {m["during"]["loadavg_1m"]}); after, {m["after"]["summary"]}.
+"""  # noqa: E501
+
+
+if __name__ == "__main__":
+    main()

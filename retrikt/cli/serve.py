@@ -1,0 +1,73 @@
+"""``retrikt serve``: serve a trained student over HTTP (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from retrikt.errors import RetriktError
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    sub = subparsers.add_parser(
+        "serve",
+        help="serve a trained student over HTTP",
+        description=(
+            "Serve a trained student (a folder written by 'retrikt train-student') over HTTP. "
+            'POST /predict takes {"inputs": [...]} (objects in the task\'s field names, plain '
+            'strings, or [text, pair] lists) and answers {"predictions": [...]} with each '
+            "label, its probabilities and the neighbours used; GET /health, GET /info (task, "
+            "labels, store size, model ids); interactive docs at /docs. Bad inputs get a 4xx "
+            "JSON error naming the input and field. The model is loaded once; requests that "
+            "arrive while it is busy are run together as one batch."
+        ),
+    )
+    sub.add_argument("--model", required=True, metavar="DIR", help="trained student folder")
+    sub.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    sub.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    sub.add_argument(
+        "--max-batch",
+        type=int,
+        default=64,
+        metavar="N",
+        help="most inputs per request; larger batches get HTTP 413 (default: %(default)s)",
+    )
+    sub.add_argument(
+        "--max-chars",
+        type=int,
+        default=20_000,
+        metavar="N",
+        help="most characters per input field, at most 20000 (what the student accepts); "
+        "longer get HTTP 422 (default: %(default)s)",
+    )
+    sub.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
+    sub.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0 <= args.port <= 65535:
+        raise RetriktError(f"--port {args.port} is not a TCP port (0-65535)")
+    import uvicorn
+
+    from retrikt.server import check_limits, create_app
+    from retrikt.student import RetriKT
+
+    check_limits(args.max_batch, args.max_chars)  # before the slow load
+    # Load here rather than in the app's startup, so a bad folder is a one-line error
+    # before the port is bound, not a traceback from inside uvicorn.
+    model = RetriKT.from_pretrained(args.model)
+    app = create_app(model, max_batch=args.max_batch, max_chars=args.max_chars)
+    logger.info("serving %s on http://%s:%d (docs at /docs)", args.model, args.host, args.port)
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, access_log=not args.no_access_log, log_config=None
+    )
+    try:
+        uvicorn.Server(config).run()
+    except SystemExit:  # uvicorn exits this way when it cannot bind, after logging why
+        raise RetriktError(
+            f"could not serve on {args.host}:{args.port} (see the error above; if the port is "
+            "in use, pick another with --port)"
+        ) from None
+    return 0

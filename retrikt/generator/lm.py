@@ -1,0 +1,66 @@
+"""Loading the generator LLM (optionally with a soft-prompt adapter) at the right precision.
+
+Shared by the teacher, prompt tuning, RL and generation so that all of them see the same
+weights, dtype and tokenizer settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from retrikt.models import GENERATOR, resolve_model
+
+logger = logging.getLogger(__name__)
+
+
+def bf16_supported() -> bool:
+    """bf16 matmuls are fast on CPUs with AVX512-BF16/AMX; elsewhere they are emulated."""
+    if os.environ.get("RETRIKT_FP32"):
+        return False
+    checker = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool(checker and checker())
+
+
+def compute_dtype() -> torch.dtype:
+    return torch.bfloat16 if bf16_supported() else torch.float32
+
+
+def load_base(generator: str) -> tuple[Any, Any]:
+    """The frozen base LM (eval mode, bf16 where supported) and its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    resolved = resolve_model(generator, GENERATOR)
+    offline = resolved.preset is not None
+    tokenizer = AutoTokenizer.from_pretrained(resolved.path, local_files_only=offline)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(
+        resolved.path, dtype=compute_dtype(), local_files_only=offline
+    )
+    model.eval()
+    model.requires_grad_(False)
+    return model, tokenizer
+
+
+def load_policy(
+    generator: str, adapter_dir: str | Path | None = None, trainable: bool = False
+) -> tuple[Any, Any]:
+    """The LM with a saved soft prompt (a ``PeftModel``), or the bare LM when no adapter.
+
+    ``trainable=True`` keeps the soft prompt's gradients on (RL continues from it).
+    """
+    model, tokenizer = load_base(generator)
+    if adapter_dir is None:
+        return model, tokenizer
+    from peft import PeftModel
+
+    policy = PeftModel.from_pretrained(model, str(adapter_dir))
+    # PEFT refuses is_trainable=True for prompt-learning adapters, so unfreeze the prompt here.
+    policy.prompt_encoder.requires_grad_(trainable)
+    policy.eval()  # no dropout in rollouts or scoring; gradients do not need train mode
+    return policy, tokenizer

@@ -1,0 +1,265 @@
+"""The evaluation harness: report numbers, cache keys, resume, and the tasks without real data."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrikt import harness, training
+from retrikt.encoder import Encoder
+from retrikt.harness import (
+    SCALES,
+    HarnessConfig,
+    KnnOnly,
+    KnnVote,
+    StudentMethod,
+    config_hash,
+    run_harness,
+    summarise,
+)
+from retrikt.student import CHOICE_FIELD, Memory, labelled_store
+from retrikt.tasks import get_task
+
+ENCODER = "minilm-l6:2"  # two layers of MiniLM: real weights, a fraction of the time
+TINY = replace(
+    SCALES["demo"], name="tiny", train_limit=16, epochs=1, max_length=64, latency_examples=3
+)
+
+
+@pytest.fixture(scope="module")
+def encoder() -> Encoder:
+    return Encoder(ENCODER, max_length=64)
+
+
+@pytest.fixture(scope="module")
+def cb_store(tmp_path_factory, data_dir) -> Path:
+    """A tiny CB store of real training examples whose 'teacher' is the gold label."""
+    task = get_task("cb")
+    path = tmp_path_factory.mktemp("store") / "cb"
+    labelled_store(task, task.read("train", data_dir)[-40:], path, ENCODER)
+    return path
+
+
+class Counter:
+    """Wraps a function and counts its calls."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.fn(*args, **kwargs)
+
+
+def _config(tmp_path: Path, data_dir: Path, store: Path, **changes) -> HarnessConfig:
+    config = HarnessConfig(
+        tasks=["cb"],
+        methods=["student-ft", "knn-only"],
+        seeds=[0, 1],
+        scale=TINY,
+        name="tiny",
+        data_dir=str(data_dir),
+        encoder=ENCODER,
+        cache_dir=tmp_path / "cache",
+        results_dir=tmp_path / "results",
+        stores={"cb": store},
+        command="retrikt evaluate --tasks cb --name tiny",
+    )
+    return replace(config, **changes)
+
+
+def test_report_caching_and_resume(tmp_path, data_dir, cb_store, monkeypatch):
+    trains = Counter(training.train_student)
+    fits = {cls: Counter(cls.fit) for cls in (StudentMethod, KnnOnly)}
+    monkeypatch.setattr(training, "train_student", trains)
+    for cls, counter in fits.items():
+        monkeypatch.setattr(cls, "fit", lambda self, ctx, seed, c=counter: c(self, ctx, seed))
+
+    config = _config(tmp_path, data_dir, cb_store)
+    rows = run_harness(config)
+    assert [(r["method"], r["seed"], r["status"]) for r in rows] == [
+        ("student-ft", 0, "ok"),
+        ("student-ft", 1, "ok"),
+        ("knn-only", None, "ok"),  # does not depend on the seed: computed once
+    ]
+    assert (trains.calls, fits[StudentMethod].calls, fits[KnnOnly].calls) == (2, 2, 1)
+
+    # The report: mean and sample std over seeds of what each run measured.
+    report = json.loads((tmp_path / "results" / "tiny.json").read_text())
+    runs = [r for r in report["runs"] if r["method"] == "student-ft"]
+    accuracy = [r["metrics"]["accuracy"] for r in runs]
+    student = next(s for s in report["summary"] if s["method"] == "student-ft")
+    assert student["metrics"]["accuracy"]["mean"] == pytest.approx(np.mean(accuracy))
+    assert student["metrics"]["accuracy"]["std"] == pytest.approx(np.std(accuracy, ddof=1))
+    assert student["runs"] == 2 and student["eval_examples"] == 56
+    assert student["params"] > 10_000_000 and student["latency_ms_p50"] > 0
+    markdown = (tmp_path / "results" / "tiny.md").read_text()
+    assert markdown.startswith("# RetriKT evaluation: tiny")
+    assert "retrikt evaluate --tasks cb --name tiny" in markdown.split("##")[0]
+    mean, std = 100 * np.mean(accuracy), 100 * np.std(accuracy, ddof=1)
+    assert f"| student-ft | {mean:.1f} ± {std:.1f} |" in markdown
+    assert "scale `tiny`: at most 16 training examples" in markdown
+    assert (tmp_path / "results" / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # A rerun recomputes nothing and reports the same numbers.
+    again = run_harness(config)
+    assert (trains.calls, fits[StudentMethod].calls, fits[KnnOnly].calls) == (2, 2, 1)
+    assert again == rows
+
+    # An interrupted run (one result lost, its trained student kept) redoes only the
+    # evaluation; a changed setting redoes only the methods that depend on it.
+    next((tmp_path / "cache" / "results" / "cb" / "student-ft").glob("seed1-*.json")).unlink()
+    run_harness(config)
+    assert (trains.calls, fits[StudentMethod].calls, fits[KnnOnly].calls) == (2, 3, 1)
+    run_harness(replace(config, seeds=[0], scale=replace(TINY, epochs=2)))
+    assert (trains.calls, fits[StudentMethod].calls, fits[KnnOnly].calls) == (3, 4, 1)
+
+
+def test_failures_are_recorded_and_the_run_goes_on(tmp_path, data_dir, cb_store, monkeypatch):
+    def broken(self, ctx, seed):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(StudentMethod, "fit", broken)
+    rows = run_harness(_config(tmp_path, data_dir, cb_store, seeds=[0]))
+    assert [(r["method"], r["status"]) for r in rows] == [
+        ("student-ft", "failed"),
+        ("knn-only", "ok"),
+    ]
+    markdown = (tmp_path / "results" / "tiny.md").read_text()
+    assert "student-ft / seed 0: RuntimeError: out of memory" in markdown
+
+
+def _memory(task, fields, soft, keys):
+    return Memory(task, fields, [str(f) for f in fields], np.asarray(soft, np.float32), keys)
+
+
+def test_knn_vote_weights_neighbours_by_similarity(encoder):
+    """Hand-made memory: the vote is softmax(sim / T) over the k nearest soft labels."""
+    task = get_task("cb")
+    fields = [{"premise": f"p{i}", "hypothesis": "h"} for i in range(3)]
+    vote = KnnVote(task, encoder, _memory(task, fields, np.eye(3), np.eye(3, dtype=np.float32)))
+    sims, rows = np.array([[0.8, 0.6, 0.0]]), np.array([[0, 1, 2]])
+    expected = np.exp(np.array([0.8, 0.6]) / 0.1)
+    expected /= expected.sum()
+    np.testing.assert_allclose(vote.vote(sims, rows, 2, 0.1)[0], [*expected, 0.0], rtol=1e-5)
+    np.testing.assert_allclose(vote.vote(sims, rows, 1, 0.1)[0], [1, 0, 0])  # nearest only
+
+
+def test_copa_vote_is_per_choice(encoder):
+    """Each choice is scored by its neighbours' plausibility, then normalised over choices."""
+    task = get_task("copa")
+    base = {"premise": "p", "question": "cause", "choice1": "a", "choice2": "b"}
+    fields = [{**base, CHOICE_FIELD: 0}, {**base, CHOICE_FIELD: 1}]
+    soft = [[0.9, 0.1], [0.9, 0.1]]  # the teacher thinks choice 1 is right: rows 0.9 and 0.1
+    vote = KnnVote(task, encoder, _memory(task, fields, soft, np.eye(2, dtype=np.float32)))
+    # The query's two choice inputs: the first is nearest row 1, the second nearest row 0.
+    sims, rows = np.array([[0.9], [0.9]]), np.array([[1], [0]])
+    np.testing.assert_allclose(vote.vote(sims, rows, 1, 0.1), [[0.1, 0.9]], rtol=1e-6)
+
+
+def test_knn_search_leaves_out_the_query_itself(tmp_path, data_dir, encoder):
+    task = get_task("cb")
+    examples = task.read("train", data_dir)[:5]
+    store = labelled_store(task, examples, tmp_path / "s", ENCODER)
+    vote = KnnVote.from_store(task, store, encoder)
+    sims, rows = vote.search(examples[:1], 2)
+    assert rows[0, 0] == 0 and sims[0, 0] == pytest.approx(1.0, abs=1e-5)
+    sims, rows = vote.search(examples[:1], 2, exclude_own=True)
+    assert 0 not in rows[0] and sims[0, 0] < 0.999
+
+
+@pytest.mark.parametrize("task", ["boolq", "wic"])
+def test_tasks_without_real_data_run_from_their_files(tmp_path, fixture_data_dir, task):
+    config = _config(
+        tmp_path,
+        fixture_data_dir,
+        tmp_path,
+        tasks=[task],
+        methods=["student-ft"],
+        seeds=[0],
+        stores={},
+        name=task,
+    )
+    rows = run_harness(config)
+    assert rows[0]["status"] == "ok", rows[0].get("reason")
+    assert set(rows[0]["metrics"]) == {"accuracy"}
+    assert rows[0]["train_examples"] == len(get_task(task).read("train", fixture_data_dir))
+
+
+def test_summary_marks_missing_and_partial_runs():
+    ok = {"status": "ok", "metrics": {"accuracy": 0.5}, "score": 0.5, "params": 1}
+    ok |= {"train_seconds": 1.0, "latency_ms_p50": 1.0, "eval_examples": 4, "train_examples": 8}
+    rows = [
+        {"task": "cb", "method": "a", "seed": 0, **ok},
+        {"task": "cb", "method": "a", "seed": 1, "status": "failed", "reason": "boom"},
+        {"task": "cb", "method": "b", "seed": None, "status": "n/a", "reason": "no"},
+    ]
+    summary = {s["method"]: s for s in summarise(rows)}
+    assert summary["a"]["status"] == "partial" and summary["a"]["runs"] == 1
+    assert summary["a"]["score"] == {"mean": 0.5, "std": 0.0}
+    assert summary["b"] == {"task": "cb", "method": "b", "runs": 0, "status": "n/a", "reason": "no"}
+
+
+def test_cache_keys_hold_what_each_method_depends_on(tmp_path, data_dir, cb_store):
+    """The LLM's result survives a change of student encoder; the student's does not."""
+    cache = harness.ArtifactCache(tmp_path)
+
+    def key(method: str, **changes) -> str:
+        ctx = harness.TaskContext(
+            _config(tmp_path, data_dir, cb_store, **changes), cache, get_task("cb")
+        )
+        return config_hash(harness.METHODS[method].spec(ctx, 0))
+
+    other_encoder = {"encoder": "minilm-l6:3"}
+    assert key("llm-zeroshot") == key("llm-zeroshot", **other_encoder)
+    assert key("student-ft") != key("student-ft", **other_encoder)
+    assert key("student-ft") != key("student-ft", scale=replace(TINY, epochs=3))
+    assert key("knn-only") == key("knn-only", scale=replace(TINY, epochs=3))
+    # Without a given store, a student that learns from one depends on how it is built.
+    built = {"stores": {}}
+    assert key("retrikt", **built) != key(
+        "retrikt", **built, scale=replace(TINY, samples_per_label=8)
+    )
+    ctx = harness.TaskContext(_config(tmp_path, data_dir, cb_store, **built), cache, get_task("cb"))
+    assert ctx.store_spec("ppo") != ctx.store_spec("none")  # RL or not: two stores
+
+
+def test_config_hash_ignores_key_order_and_sees_values():
+    assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
+    assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def test_cli_arguments_build_the_config(tmp_path):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data-dir")
+    harness.add_arguments(parser)
+    args = parser.parse_args(
+        [
+            "--tasks",
+            "cb,STS-B",
+            "--methods",
+            "student-ft",
+            "--seeds",
+            "0,2",
+            "--name",
+            "x",
+            "--train-limit",
+            "8",
+            "--store",
+            f"cb={tmp_path}",
+        ]
+    )
+    config = harness.config_from_args(args)
+    assert config.tasks == ["cb", "stsb"] and config.seeds == [0, 2]
+    assert config.scale.train_limit == 8 and config.scale.name == "demo*"
+    assert config.stores == {"cb": tmp_path}
+    with pytest.raises(harness.RetriktError, match="TASK=DIR"):
+        harness.config_from_args(
+            parser.parse_args(["--tasks", "cb", "--name", "x", "--store", "cb"])
+        )

@@ -1,0 +1,245 @@
+"""Training: the loop's helpers, the retrieval objectives, tuning, and the real CLI end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_student import TINY, cb_examples, copa_examples, stsb_examples
+
+from retrikt.cli import main
+from retrikt.errors import RetriktError
+from retrikt.student import RetriKT, labelled_store
+from retrikt.tasks import get_task
+from retrikt.training import (
+    MemoryTensors,
+    TrainConfig,
+    agreement,
+    distill_loss,
+    length_grouped_batches,
+    retrieval_objectives,
+    split_for_tuning,
+    subsample,
+    tune_retrieval,
+)
+
+MORE_CB = [
+    ("The museum opens at nine on Sundays.", "The museum opens on Sundays.", 0),
+    ("Tom never learned to swim as a child.", "Tom swam every day as a child.", 1),
+    ("Maybe the meeting was moved to Friday.", "The meeting is on Friday.", 2),
+    ("All the cookies were eaten by noon.", "Some cookies were eaten.", 0),
+    ("The river froze during the cold winter.", "The river was warm in winter.", 1),
+    ("Perhaps he forgot his keys at work.", "He left his keys at work.", 2),
+]
+
+
+def cb_pool():
+    return cb_examples() + cb_examples(MORE_CB)
+
+
+# ----------------------------------------------------------------------- helpers
+def test_length_grouped_batches_cover_every_example_once_with_similar_lengths():
+    lengths = list(np.random.default_rng(1).integers(1, 500, size=203))
+    batches = length_grouped_batches(lengths, 16, np.random.default_rng(0), group=4)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(203))
+    assert all(1 <= len(b) <= 16 for b in batches)
+    spread = np.mean([np.ptp([lengths[i] for i in b]) for b in batches if len(b) == 16])
+    assert spread < 0.5 * np.ptp(lengths)  # grouped, unlike random batches
+    again = length_grouped_batches(lengths, 16, np.random.default_rng(0), group=4)
+    assert again == batches
+
+
+def test_subsample_is_the_same_whatever_the_seed_and_split_is_disjoint():
+    examples = [{"idx": i} for i in range(100)]
+    subset = subsample(examples, 30)
+    assert len(subset) == 30 and subset == subsample(examples, 30)
+    assert subsample(examples, None) == examples
+    train, tune = split_for_tuning(subset, 0.2, seed=3)
+    assert len(tune) == 6 and len(train) == 24
+    assert {e["idx"] for e in train}.isdisjoint({e["idx"] for e in tune})
+    assert split_for_tuning(subset, 0.0, seed=3) == (subset, [])
+
+
+def test_invalid_settings_are_refused():
+    with pytest.raises(RetriktError, match="0 <= mix <= 1"):
+        TrainConfig(task="cb", mix=1.5)
+    with pytest.raises(RetriktError, match="temperature > 0"):
+        TrainConfig(task="cb", temperature=0)
+
+
+# ---------------------------------------------------------------------- objectives
+def test_agreement_by_hand_for_every_head():
+    values = torch.tensor([[[0.7, 0.2, 0.1], [0.0, 0.0, 1.0]]])
+    assert agreement(get_task("cb"), values, [{"label": 0}]).tolist()[0] == pytest.approx(
+        [0.7, 0.0]
+    )
+    values = torch.tensor([[[4.0], [0.0]]])  # 1 - |score - 3| / 5
+    assert agreement(get_task("stsb"), values, [{"label": 3.0}]).tolist()[0] == pytest.approx(
+        [0.8, 0.4]
+    )
+    # one example whose answer is choice 2: its choice-1 input wants implausible neighbours
+    values = torch.tensor([[[0.9], [0.2]], [[0.9], [0.2]]])
+    assert agreement(get_task("copa"), values, [{"label": 1}]).tolist() == [
+        pytest.approx([0.1, 0.8]),
+        pytest.approx([0.9, 0.2]),
+    ]
+
+
+def test_retrieval_objective_reduces_its_loss(tmp_path):
+    torch.manual_seed(0)
+    task = get_task("cb")
+    store = labelled_store(task, cb_examples(MORE_CB), tmp_path / "store")
+    model = RetriKT.from_encoder(task, TINY, max_length=48)
+    model.attach_store(store, temperature=0.05)
+    model.refresh_keys()
+    mem = MemoryTensors.of(model)
+    config = TrainConfig(task="cb", train_k=6, combined_ce=False, retrieval_loss=True)
+    batch = cb_examples()
+    optimizer = torch.optim.AdamW(model.encoder.parameters(), lr=1e-3)
+    model.train()
+    losses = []
+    for _ in range(6):
+        out = model(model.tokenize(batch), len(batch))
+        dist = model.distribution(out.outputs)
+        loss = retrieval_objectives(model, out.pooled, dist, batch, mem, config)["retrieval"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+@pytest.mark.parametrize("task_name", ["cb", "stsb"])
+def test_combined_ce_and_distillation_reduce_their_losses(tmp_path, task_name):
+    torch.manual_seed(0)
+    task = get_task(task_name)
+    gold, teacher = (cb_examples(), cb_examples(MORE_CB)) if task_name == "cb" else (
+        stsb_examples()[:2], stsb_examples()[2:] + [{**stsb_examples()[0], "sentence1": "A man."}]
+    )  # fmt: skip
+    store = labelled_store(task, teacher, tmp_path / "store")
+    model = RetriKT.from_encoder(task, TINY, max_length=48)
+    model.attach_store(store)
+    model.refresh_keys()
+    mem = MemoryTensors.of(model)
+    config = TrainConfig(task=task_name, retrieval_loss=False)
+    entries = store.entries()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    model.train()
+    history = []
+    for _ in range(6):
+        out = model(model.tokenize(gold), len(gold))
+        dist = model.distribution(out.outputs)
+        losses = retrieval_objectives(model, out.pooled, dist, gold, mem, config)
+        assert set(losses) == {"combined"}
+        losses["distill"] = distill_loss(model, entries)
+        sum(losses.values()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        history.append({k: v.item() for k, v in losses.items()})
+    assert history[-1]["combined"] < 0.9 * history[0]["combined"]
+    assert history[-1]["distill"] < 0.9 * history[0]["distill"]
+
+
+def test_training_examples_never_retrieve_themselves(tmp_path):
+    task = get_task("copa")
+    store = labelled_store(task, copa_examples(), tmp_path / "store")
+    model = RetriKT.from_encoder(task, TINY, max_length=32)
+    model.attach_store(store)
+    model.refresh_keys()
+    examples = copa_examples()
+    raw = model.raw_outputs(examples, k=4, exclude_own=True)
+    # 2 examples x 2 choices in the store; each input may only see the other example's 2 rows.
+    for i, rows in enumerate(raw.rows):
+        own = i // 2
+        found = [r for r in rows if r >= 0]
+        assert len(found) == 2
+        assert all(model.memory.fields[r]["premise"] != examples[own]["premise"] for r in found)
+    with_own = model.raw_outputs(examples, k=1)
+    assert [model.memory.fields[r]["premise"] for r in with_own.rows[:, 0]] == [
+        ex["premise"] for ex in examples for _ in range(2)
+    ]
+
+
+CB_ENTAILMENTS = [
+    ("The cat sat on the mat all day.", "The cat was on the mat.", 0),
+    ("He bought a new red bicycle yesterday.", "He owns a bicycle.", 0),
+    ("The museum opens at nine on Sundays.", "The museum opens on Sundays.", 0),
+    ("All the cookies were eaten by noon.", "Some cookies were eaten.", 0),
+]
+
+
+@pytest.mark.parametrize(("teacher", "expected_mix"), [("right", 0.0), ("wrong", 1.0)])
+def test_tuning_trusts_the_neighbours_only_when_they_help(tmp_path, teacher, expected_mix):
+    """All examples are entailments: a right teacher makes the vote certain, a wrong one
+    makes every bit of weight on it lower the gold probability."""
+    task = get_task("cb")
+    examples = cb_examples(CB_ENTAILMENTS)
+    labelled = [{**ex, "label": 0 if teacher == "right" else 1} for ex in examples]
+    store = labelled_store(task, labelled, tmp_path / "store")
+    model = RetriKT.from_encoder(task, TINY, max_length=32)
+    model.attach_store(store)
+    model.refresh_keys()
+    tuning = tune_retrieval(model, examples)
+    assert tuning["mix"] == expected_mix
+    assert model.config.retrieval.mix == expected_mix
+    assert tuning["temperature"] == pytest.approx(model.temperature.item(), rel=1e-5)
+
+
+# ------------------------------------------------------------------- end to end (CLI)
+def test_train_and_evaluate_the_default_student_on_a_cb_slice(tmp_path, data_dir, capsys):
+    """The real packaged minilm-l6 (all 6 layers) on 16 CB examples, then `retrikt evaluate`."""
+    out = tmp_path / "student"
+    code = main([
+        "train-student", "--task", "cb", "--data-dir", str(data_dir), "--no-retrieval",
+        "--out", str(out), "--train-limit", "16", "--epochs", "1", "--max-length", "64",
+    ])  # fmt: skip
+    assert code == 0
+    trained = json.loads((out / "eval_results.json").read_text())
+    assert trained["examples"] == 56 and trained["train_examples"] == 16
+    assert set(trained["metrics"]) == {"accuracy", "macro_f1"}
+    capsys.readouterr()
+    assert main([
+        "evaluate", "--task", "cb", "--data-dir", str(data_dir), "--model", str(out),
+        "--out", str(tmp_path / "eval.json"),
+    ]) == 0  # fmt: skip
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["metrics"] == pytest.approx(trained["metrics"])
+    assert json.loads((tmp_path / "eval.json").read_text())["metrics"] == printed["metrics"]
+    loaded = RetriKT.from_pretrained(out)
+    assert loaded.encoder.config.num_hidden_layers == 6
+    assert loaded.config.training["train_limit"] == 16
+    examples = get_task("cb").read("validation", data_dir)[:8]
+    again = RetriKT.from_pretrained(out)
+    assert np.array_equal(loaded.predict_examples(examples), again.predict_examples(examples))
+
+
+def test_train_the_retrieval_student_from_the_cli(tmp_path, data_dir):
+    task = get_task("cb")
+    store = labelled_store(task, subsample(task.read("train", data_dir), 24), tmp_path / "store")
+    out = tmp_path / "student"
+    code = main([
+        "train-student", "--task", "cb", "--data-dir", str(data_dir), "--store", str(store.path),
+        "--out", str(out), "--encoder", "minilm-l6:2", "--train-limit", "24", "--epochs", "1",
+        "--max-length", "48", "--batch-size", "8", "--train-k", "8",
+    ])  # fmt: skip
+    assert code == 0
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["tune_examples"] == 4 and results["train_examples"] == 20
+    student = RetriKT.from_pretrained(out)
+    retrieval = student.config.retrieval
+    assert retrieval.source["store_id"] == store.store_id
+    assert retrieval.tuning["examples"] == 4 and retrieval.k == retrieval.tuning["k"]
+    # the student's keys are its own: re-embedding the rows reproduces the saved vectors
+    saved = np.array(student.store.embeddings())
+    fresh = student.embed_inputs(student.memory.inputs())
+    assert np.allclose(saved, fresh, atol=1e-4)
+    prediction = student.predict([["It rained all day.", "It was dry."]])[0]
+    assert len(prediction.neighbours) == retrieval.k
+
+
+def test_train_student_needs_a_store_or_no_retrieval(tmp_path, caplog):
+    assert main(["train-student", "--task", "cb", "--out", str(tmp_path / "x")]) == 1
+    assert "--store PATH" in caplog.text
