@@ -227,6 +227,9 @@ class Task:
                 )
             if not value.strip():
                 raise DataError(f"{where}: field {name!r} is empty")
+            # JSON can smuggle in lone surrogates ("\\ud800"), which no tokenizer can encode.
+            if not value.isascii() and _has_lone_surrogate(value):
+                raise DataError(f"{where}: field {name!r} is not valid Unicode (lone surrogate)")
             if len(value) > max_chars:
                 raise DataError(
                     f"{where}: field {name!r} has {len(value)} characters (max {max_chars})"
@@ -287,6 +290,14 @@ class Task:
             counts = Counter(labels)
             info["labels"] = {self.label_name(k): counts[k] for k in sorted(counts)}
         return info
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -114,9 +114,6 @@ def test_a_bad_line_fails_with_its_line_number(student_dir, tmp_path, caplog, ba
     assert not list(tmp_path.glob(".out.jsonl.*"))
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs Task.parse_input to reject lone surrogates (asked of the lead)"
-)
 def test_a_lone_surrogate_is_a_bad_line_not_a_crash(student_dir, tmp_path, caplog):
     source = _write(tmp_path / "in.jsonl", ['{"premise": "caf\\ud800", "hypothesis": "h"}'])
     assert main(["predict", "--model", str(student_dir), "--input", str(source)]) == 1

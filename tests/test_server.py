@@ -188,9 +188,6 @@ def test_invalid_json_is_a_400_with_the_position(client):
     assert "at character 12" in response.json()["error"]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs Task.parse_input to reject lone surrogates (asked of the lead)"
-)
 def test_a_lone_surrogate_is_a_422_not_a_crash(client):
     body = b'{"inputs": [{"premise": "caf\\ud800", "hypothesis": "h"}]}'
     response = client.post("/predict", content=body, headers={"content-type": "application/json"})
