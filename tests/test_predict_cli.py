@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from retrikt.cli import main
+from retrikt.student import RetriKT
 from retrikt.tasks import get_task
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,8 +27,6 @@ GOOD = [
 @pytest.fixture(scope="module")
 def student_dir(tmp_path_factory) -> Path:
     """A real, small CB student (2-layer MiniLM, untrained head: predicting needs no skill)."""
-    from retrikt.student import RetriKT
-
     folder = tmp_path_factory.mktemp("student")
     RetriKT.from_encoder("cb", "minilm-l6:2").save_pretrained(folder)
     return folder
@@ -36,8 +35,6 @@ def student_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def expected(student_dir) -> list[dict]:
     """What the Python API answers for GOOD, which the command must reproduce line by line."""
-    from retrikt.student import RetriKT
-
     return [p.to_dict() for p in RetriKT.from_pretrained(student_dir).predict(GOOD)]
 
 

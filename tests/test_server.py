@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from retrikt.cli import main
 from retrikt.errors import ModelFileError
 from retrikt.server import create_app
+from retrikt.student import RetriKT, labelled_store
 from retrikt.tasks import TASKS, get_task
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,8 +48,6 @@ def student_dir(tmp_path_factory) -> Path:
     Serving needs no skill, so the head stays untrained; the store is real (keys from the
     student's own encoder, saved and verified on load), so neighbours come back.
     """
-    from retrikt.student import RetriKT, labelled_store
-
     folder = tmp_path_factory.mktemp("student")
     examples = [CB.parse_input({"premise": p, "hypothesis": h, "label": label})
                 for p, h, label in MEMORY]  # fmt: skip
@@ -61,8 +60,6 @@ def student_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def student(student_dir):
-    from retrikt.student import RetriKT
-
     return RetriKT.from_pretrained(student_dir)
 
 
@@ -88,8 +85,6 @@ def test_health_and_info_describe_the_served_model(client, student):
 
 
 def test_info_of_a_student_without_retrieval():
-    from retrikt.student import RetriKT
-
     with TestClient(create_app(RetriKT.from_encoder("cb", "minilm-l6:2"))) as client:
         info = client.get("/info").json()
     assert (info["retrieval"], info["store_size"], info["store_encoder"]) == (False, None, None)
