@@ -249,7 +249,8 @@ def main() -> None:
             shown += example_lines(task, records, by_id, 10, seed=0)
         minutes = (time.perf_counter() - started) / 60
         sections += [f"## {task.name}", "", *table, "", *notes]
-        sections += ["", f"({minutes:.1f} min for this task in this run.)", "", *shown, ""]
+        timing = f"({minutes:.1f} min for this task in this run; cached stages are not redone.)"
+        sections += ["", timing, "", *shown, ""]
         Path(args.out).write_text(render(command, args, sections, teacher_rows))
         logger.info("wrote %s after %s", args.out, task.name)
 

@@ -155,7 +155,8 @@ def main() -> None:
             proc.wait(timeout=30)
     summary = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "server": {"task": info["task"], "retrieval": info["retrieval"],
+        "server": {"model": args.model or args.url, "task": info["task"],
+                   "retrieval": info["retrieval"],
                    "store_size": info["store_size"], "encoder": info["config"].get("encoder")},
         "clients": args.clients, "batch": args.batch, "bad_fraction": args.bad_fraction,
         **summarise(results, wall),
@@ -174,6 +175,10 @@ def render(s: dict) -> str:
     return f"""# Load test of `retrikt serve`
 
 Command: `{s["command"]}`
+
+Model: `{s["server"]["model"]}` (the `experiments/cache/bench-*` folders are built by
+`python experiments/bench_latency.py --prepare-only`: an untrained head on the encoder, and a
+store of synthetic entries with real embeddings).
 
 Server: `retrikt serve` started by the script on localhost (`--max-batch 64 --no-access-log`,
 default torch threads), task {s["server"]["task"]}, encoder {s["server"]["encoder"]}, retrieval

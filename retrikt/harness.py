@@ -752,6 +752,8 @@ def run_method(ctx: TaskContext, method: Method, seed: int | None) -> dict[str, 
     if cached is not None:
         logger.info("cached result: %s %s seed %s", ctx.task.name, method.name, seed)
         return cached
+    import torch
+
     logger.info("running %s on %s (seed %s)", method.name, ctx.task.name, seed)
     fitted = method.fit(ctx, seed)
     result = {
@@ -764,6 +766,8 @@ def run_method(ctx: TaskContext, method: Method, seed: int | None) -> dict[str, 
         "train_examples": len(ctx.train),
         "artefact_seconds": round(fitted.artefact_seconds, 1),
         **measure(ctx.task, fitted, ctx.eval, ctx.scale.latency_examples),
+        # Timings are measured by the run that computed the result (not part of its key).
+        "threads": torch.get_num_threads(),
         "info": fitted.info,
         "key": config_hash(spec),
     }

@@ -18,6 +18,9 @@ How each task type is fed to SetFit (it natively classifies single texts):
   fitted on the embeddings to the exact scores. SetFit has no regression mode; this is the
   closest setup that still uses its contrastive body training.
 
+Seeds: setfit 1.2 draws its contrastive pairs with a fixed ``RandomState(42)``, so the seed
+only changes the order of the batches; SetFit's spread over seeds is therefore small.
+
 Install with ``pip install -e ".[setfit]"``.
 """
 
