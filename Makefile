@@ -41,10 +41,8 @@ demo: setup
 		--out $(DEMO)/retrikt --epochs 4
 	$(BIN)/retrikt train-student --task cb --data-dir $(RETRIKT_DATA) --no-retrieval \
 		--out $(DEMO)/student-ft --epochs 4
-	$(BIN)/retrikt evaluate --task cb --data-dir $(RETRIKT_DATA) --model $(DEMO)/student-ft \
-		--out $(DEMO)/student-ft.json
-	$(BIN)/retrikt evaluate --task cb --data-dir $(RETRIKT_DATA) --model $(DEMO)/retrikt \
-		--out $(DEMO)/retrikt.json
+	$(BIN)/retrikt evaluate --data-dir $(RETRIKT_DATA) --model $(DEMO)/student-ft \
+		--model $(DEMO)/retrikt --out $(DEMO)/results.json
 	head -n 3 $(RETRIKT_DATA)/superglue/CB/val.jsonl | $(BIN)/retrikt predict --model $(DEMO)/retrikt
 
 test: setup

@@ -1064,7 +1064,7 @@ def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse._ActionsContainer) -> None:
     """The multi-task options of ``retrikt evaluate`` (the harness form)."""
     parser.add_argument("--tasks", help="comma-separated tasks, e.g. cb,copa,rte,mrpc,cola,stsb")
     parser.add_argument(

@@ -48,3 +48,13 @@ def test_inspect_data_errors_exit_1_with_a_message(tmp_path, caplog):
     assert "train.jsonl:1: not valid JSON" in caplog.text
     assert main(["inspect-data", "--task", "nope", "--data-dir", str(tmp_path)]) == 1
     assert "unknown task 'nope'" in caplog.text
+
+
+def test_evaluate_needs_exactly_one_form(caplog):
+    """`retrikt evaluate` scores students (--model) or runs the harness (--tasks), not both."""
+    assert main(["evaluate"]) == 1
+    assert "give --model DIR (one student) or --tasks" in caplog.text
+    assert main(["evaluate", "--model", "x", "--tasks", "cb", "--name", "n"]) == 1
+    assert "not both" in caplog.text
+    assert main(["evaluate", "--tasks", "cb"]) == 1
+    assert "needs --tasks and --name" in caplog.text

@@ -208,6 +208,16 @@ def test_train_and_evaluate_the_default_student_on_a_cb_slice(tmp_path, data_dir
     printed = json.loads(capsys.readouterr().out)
     assert printed["metrics"] == pytest.approx(trained["metrics"])
     assert json.loads((tmp_path / "eval.json").read_text())["metrics"] == printed["metrics"]
+    # several students: a Markdown comparison table, and the JSON list in --out
+    assert main([
+        "evaluate", "--data-dir", str(data_dir), "--model", str(out), "--model", str(out),
+        "--out", str(tmp_path / "both.json"),
+    ]) == 0  # fmt: skip
+    table = capsys.readouterr().out.splitlines()
+    assert table[2] == "| model | retrieval | accuracy | macro_f1 | examples/s |"
+    accuracy = f"{100 * printed['metrics']['accuracy']:.1f}"
+    assert [row.split(" | ")[2] for row in table[4:]] == [accuracy, accuracy]
+    assert len(json.loads((tmp_path / "both.json").read_text())) == 2
     loaded = RetriKT.from_pretrained(out)
     assert loaded.encoder.config.num_hidden_layers == 6
     assert loaded.config.training["train_limit"] == 16

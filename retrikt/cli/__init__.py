@@ -27,21 +27,6 @@ _COMMAND_MODULES = [
 ]
 
 
-def register_pending(
-    subparsers: argparse._SubParsersAction, name: str, help: str, issue: int
-) -> None:
-    """A command whose issue has not landed yet: it says so plainly and exits with code 3."""
-
-    def run(args: argparse.Namespace) -> int:
-        logging.getLogger("retrikt").error(
-            "'retrikt %s' is not built yet (tracked in issue %d); nothing was done.", name, issue
-        )
-        return 3
-
-    sub = subparsers.add_parser(name, help=f"{help} [not built yet: issue {issue}]")
-    sub.set_defaults(func=run)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="retrikt",
