@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +155,19 @@ def test_end_to_end_small_store_then_resume(data_dir, tmp_path, caplog):
     work = generation_work_dir(config, adapter, manifest["teacher"]["id"])
     assert len(read_generations(work)) == 6
     assert KnowledgeStore.open(out).manifest["generator"]["stats"]["generated"] == 6
+
+
+def test_a_stage_removes_staging_folders_of_dead_runs_and_keeps_live_ones(tmp_path):
+    from retrikt.generator.build import _cached_stage
+
+    folder = tmp_path / "teacher" / "cb-0123"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    abandoned = folder.with_name(f"{folder.name}.tmp{dead.pid}")
+    live = folder.with_name(f"{folder.name}.tmp{os.getppid()}")  # pytest's parent is alive
+    for staging in (abandoned, live):
+        staging.mkdir(parents=True)
+    made = _cached_stage(folder, 0, lambda staging: (staging / "prompt.txt").write_text("x"))
+    assert (made / "prompt.txt").read_text() == "x"
+    assert not abandoned.exists() and live.exists()
+    assert sorted(p.name for p in folder.parent.iterdir()) == sorted([folder.name, live.name])

@@ -161,8 +161,8 @@ def _cached_stage(folder: Path, rank: int, make: Any) -> Path:
         while not (folder / _DONE).is_file():
             time.sleep(_POLL_SECONDS)
         return folder
+    _remove_abandoned_staging(folder)
     staging = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     make(staging)
     (staging / _DONE).write_text(json.dumps({"finished": time.time()}))
@@ -170,6 +170,25 @@ def _cached_stage(folder: Path, rank: int, make: Any) -> Path:
         shutil.rmtree(folder)
     os.replace(staging, folder)
     return folder
+
+
+def _remove_abandoned_staging(folder: Path) -> None:
+    """Delete ``<stage>.tmpPID`` folders left by killed runs (their process is gone)."""
+    for staging in folder.parent.glob(folder.name + ".tmp*"):
+        pid = staging.name.rpartition(".tmp")[2]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _process_alive(int(pid))):
+            logger.info("removing %s, left by an interrupted run", staging)
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: checks the process exists, sends nothing
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def prepare_teacher(config: BuildConfig, data: TaskData, rank: int = 0) -> tuple[LLMTeacher, dict]:
