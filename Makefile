@@ -35,8 +35,9 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 # plain baseline, score both, and explain a few predictions.
 demo: setup
 	$(BIN)/retrikt build-store --task cb --data-dir $(RETRIKT_DATA) --out $(DEMO)/store \
-		--samples-per-label 8 --rl ppo --train-limit 64 --prompt-steps 12 --teacher-steps 12 \
-		--rl-steps 2 --max-new-tokens 96 --batch-size 24 --cache-dir $(DEMO)/cache
+		--samples-per-label 16 --rl ppo --train-limit 64 --prompt-steps 12 --teacher-steps 8 \
+		--rl-steps 2 --max-new-tokens 128 --batch-size 24 --cache-dir $(DEMO)/cache \
+		--overwrite
 	$(BIN)/retrikt train-student --task cb --data-dir $(RETRIKT_DATA) --store $(DEMO)/store \
 		--out $(DEMO)/retrikt --epochs 4
 	$(BIN)/retrikt train-student --task cb --data-dir $(RETRIKT_DATA) --no-retrieval \
