@@ -37,12 +37,13 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 # not what RetriKT can do: see experiments/results/ for the measured comparisons.
 demo: setup
 	$(BIN)/retrikt build-store --task cb --data-dir $(RETRIKT_DATA) --out $(DEMO)/store \
-		--samples-per-label 12 --rl ppo --train-limit 64 --prompt-steps 10 --teacher-steps 6 \
-		--rl-steps 1 --max-new-tokens 112 --batch-size 36 --cache-dir $(DEMO)/cache --overwrite
+		--samples-per-label 16 --rl ppo --train-limit 64 --prompt-steps 12 --teacher-steps 6 \
+		--rl-steps 1 --max-new-tokens 144 --temperature 0.8 --batch-size 48 \
+		--cache-dir $(DEMO)/cache --overwrite
 	$(BIN)/retrikt train-student --task cb --data-dir $(RETRIKT_DATA) --store $(DEMO)/store \
-		--out $(DEMO)/retrikt --train-limit 128 --epochs 3
+		--out $(DEMO)/retrikt --train-limit 128 --epochs 5
 	$(BIN)/retrikt train-student --task cb --data-dir $(RETRIKT_DATA) --no-retrieval \
-		--out $(DEMO)/student-ft --train-limit 128 --epochs 3
+		--out $(DEMO)/student-ft --train-limit 128 --epochs 5
 	$(BIN)/retrikt evaluate --data-dir $(RETRIKT_DATA) --model $(DEMO)/student-ft \
 		--model $(DEMO)/retrikt --out $(DEMO)/results.json
 	head -n 3 $(RETRIKT_DATA)/superglue/CB/val.jsonl | $(BIN)/retrikt predict --model $(DEMO)/retrikt
