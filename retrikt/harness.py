@@ -982,9 +982,11 @@ def render_markdown(config: HarnessConfig, rows: list[dict], summary: list[dict]
 
 
 def _params(values: set[int]) -> str:
+    """Parameter counts in millions; heads of different tasks differ by a few parameters, so
+    counts that print alike are shown once."""
     if not values:
         return "—"
-    return "/".join(f"{v / 1e6:.1f}M" for v in sorted(values))
+    return "/".join(dict.fromkeys(f"{v / 1e6:.1f}M" for v in sorted(values)))
 
 
 def render_chart(config: HarnessConfig, summary: list[dict], path: Path) -> None:

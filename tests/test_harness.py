@@ -263,3 +263,9 @@ def test_cli_arguments_build_the_config(tmp_path):
         harness.config_from_args(
             parser.parse_args(["--tasks", "cb", "--name", "x", "--store", "cb"])
         )
+
+
+def test_parameter_counts_that_print_alike_are_shown_once():
+    assert harness._params({22_713_603, 22_713_219}) == "22.7M"
+    assert harness._params({22_713_603, 17_390_000}) == "17.4M/22.7M"
+    assert harness._params(set()) == "—"
