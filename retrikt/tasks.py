@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retrikt import metrics
 from retrikt.errors import DataError
 
 SPLITS = ("train", "validation", "test")
@@ -273,6 +272,10 @@ class Task:
     # ---------------------------------------------------------------- metrics
     def evaluate(self, preds: list, examples: list[Example]) -> dict[str, float]:
         """The task's official metrics of ``preds`` against the examples' gold labels."""
+        # Imported here: scikit-learn and scipy take ~1.7 s to import, and every CLI command
+        # (even ``retrikt --help``) loads the task registry.
+        from retrikt import metrics
+
         golds = [ex["label"] for ex in examples]
         if any(g is None for g in golds):
             raise DataError(f"{self.name}: cannot score a split without gold labels")
