@@ -119,11 +119,11 @@ class Config:
             raise ConfigError(f"{source}: {err}") from None
 
 
-def flag_of(f: dataclasses.Field) -> str:
-    """The CLI flag of a field: ``--name-with-dashes``, ``--no-name`` for a True bool."""
-    if f.metadata.get("flag"):
+def flag_of(f: dataclasses.Field, prefix: str = "") -> str:
+    """The CLI flag of a field: ``--[prefix-]name-with-dashes``, ``--no-name`` for a True bool."""
+    if f.metadata.get("flag") and not prefix:
         return f.metadata["flag"]
-    name = f.name.replace("_", "-")
+    name = f"{prefix}{f.name}".replace("_", "-")
     return f"--no-{name}" if f.default is True else f"--{name}"
 
 
@@ -132,32 +132,37 @@ def add_arguments(
     cls: type[Config],
     *,
     exclude: Sequence[str] = (),
+    include: Sequence[str] | None = None,
     required: Sequence[str] = (),
+    prefix: str = "",
 ) -> None:
     """One flag per CLI field of ``cls``, with its help, type, default and choices.
 
     Every flag's argparse default is ``SUPPRESS``, so :func:`from_args` sees only what the
     user typed and the dataclass default applies otherwise (the help shows that default).
+    ``prefix`` (``"rl_"``) gives a nested config its own flags (``--rl-steps``), and
+    ``include`` keeps only the fields worth a flag.
     """
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if not f.metadata.get("cli", True) or f.name in exclude:
+        wanted = include is None or f.name in include
+        if not f.metadata.get("cli", True) or f.name in exclude or not wanted:
             continue
         kind, _ = _base_type(hints[f.name])
-        flag, meta = flag_of(f), f.metadata
+        flag, meta = flag_of(f, prefix), f.metadata
         help_text = meta.get("help", "")
         has_default = f.default is not _MISSING
         if kind is bool:
             store = "store_false" if f.default is True else "store_true"
             parser.add_argument(
-                flag, dest=f.name, action=store, default=argparse.SUPPRESS, help=help_text
+                flag, dest=prefix + f.name, action=store, default=argparse.SUPPRESS, help=help_text
             )
             continue
         if has_default and f.default is not None:
             help_text = f"{help_text} (default: {f.default})"
         parser.add_argument(
             flag,
-            dest=f.name,
+            dest=prefix + f.name,
             type=kind if kind in (int, float, str) else str,
             choices=meta.get("choices"),
             required=f.name in required,
@@ -166,8 +171,14 @@ def add_arguments(
         )
 
 
-def from_args(cls: type[Config], args: argparse.Namespace, **overrides: Any) -> Any:
+def from_args(
+    cls: type[Config], args: argparse.Namespace, prefix: str = "", **overrides: Any
+) -> Any:
     """The config from parsed flags (only those given) plus ``overrides``; validated."""
     names = {f.name for f in dataclasses.fields(cls)}
-    given = {name: value for name, value in vars(args).items() if name in names}
+    given = {
+        name[len(prefix) :]: value
+        for name, value in vars(args).items()
+        if name.startswith(prefix) and name[len(prefix) :] in names
+    }
     return cls(**{**given, **overrides})

@@ -279,6 +279,8 @@ class TaskContext:
         under the harness cache too, so the stores with and without RL share their prompts.
         """
         from retrikt.generator.build import BuildConfig
+        from retrikt.generator.ppo import RLConfig
+        from retrikt.generator.prompt_tuning import SoftPromptConfig
 
         scale = self.scale
         return BuildConfig(
@@ -289,9 +291,9 @@ class TaskContext:
             encoder=self.config.encoder,
             samples_per_label=scale.samples_per_label,
             rl=rl,
-            prompt_steps=scale.prompt_steps,
-            teacher_steps=scale.teacher_steps,
-            rl_steps=scale.rl_steps,
+            generator_prompt=SoftPromptConfig(steps=scale.prompt_steps),
+            teacher_prompt=SoftPromptConfig(steps=scale.teacher_steps),
+            rl_config=RLConfig(steps=scale.rl_steps),
             train_limit=scale.train_limit,
             cache_dir=str(self.cache.root / "build"),
             overwrite=True,  # a store left by a run killed before done.json is rebuilt

@@ -67,3 +67,15 @@ def test_from_dict_refuses_unknown_keys_and_round_trips():
         Toy.from_dict({"name": "a", "stesp": 4}, source="run/config.json")
     with pytest.raises(ConfigError, match="expected a JSON object"):
         Toy.from_dict([], source="run/config.json")
+
+
+def test_a_prefix_gives_a_nested_config_its_own_flags():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, Toy, required=("name",))
+    add_arguments(parser, Toy, prefix="rl_", include=("steps", "mode"))
+    args = parser.parse_args(["--name", "a", "--steps", "2", "--rl-steps", "5"])
+    assert from_args(Toy, args).steps == 2
+    assert from_args(Toy, args, prefix="rl_", name="b") == Toy(name="b", steps=5)
+    assert "rl_share" not in vars(parser.parse_args(["--name", "a"]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--name", "a", "--rl-share", "0.1"])
