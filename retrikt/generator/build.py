@@ -380,9 +380,8 @@ class _RecordedTeacher:
 
 
 def store_text(task: Task, example: Example, encoder: Any) -> str:
-    """The key an entry is embedded and found by (see the module docstring for COPA)."""
-    text, pair = task.encoder_inputs(example)[0]
-    return text if task.name == "copa" else encoder.join((text, pair))
+    """The key an entry is embedded and found by (``Task.store_key``), as one string."""
+    return encoder.join(task.store_key(example))
 
 
 def score_records(
