@@ -10,6 +10,12 @@ Data comes from a folder laid out as the official releases (``superglue/CB/train
 ``glue/MRPC/train.tsv``, ...) given by ``--data-dir`` or ``RETRIKT_DATA``; or, with a
 network, from the Hugging Face hub when the source is written ``hub:`` (e.g. ``hub:``
 alone uses the task's default hub dataset).
+
+What makes a task special lives on its :class:`Task` and nowhere else: the student's inputs
+(``inputs``), the store key (``store_key``), the teacher's question (``question``), fields
+limited to a few values (``allowed``), the multiple-choice rules (``choice_fields``,
+``connectives``: COPA's "because"/"so"), WSC's spans and nested records. Code downstream asks
+the task (``task.head``, ``task.is_multi_answer``) instead of testing its name.
 """
 
 from __future__ import annotations

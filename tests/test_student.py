@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from store_helpers import labelled_store
 
-from retrikt.errors import DataError, ModelFileError, StoreError
+from retrikt.errors import ConfigError, DataError, ModelFileError, StoreError
 from retrikt.store import KnowledgeStore, StoreEntry
 from retrikt.student import RetriKT, evaluate_model
 from retrikt.student.memory import memory_rows
@@ -252,3 +253,39 @@ def test_evaluate_model_scores_with_official_metrics():
     assert set(metrics) == {"accuracy", "macro_f1"}
     preds = model.predict_examples(cb_examples()).argmax(-1)
     assert metrics["accuracy"] == pytest.approx(np.mean(preds == [y for *_, y in CB]))
+
+
+def test_config_json_records_versions_and_unknown_keys_are_refused(tmp_path):
+    model = RetriKT.from_encoder("cb", TINY, max_length=32)
+    model.save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert {"retrikt", "torch", "transformers", "sentence-transformers"} <= set(config["versions"])
+    config["temperatur"] = 0.1  # a typo, or a key from a newer RetriKT
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="unknown StudentConfig keys temperatur"):
+        RetriKT.from_pretrained(tmp_path / "m")
+
+
+def test_a_format_1_folder_still_loads(tmp_path, cb_store):
+    """Version 1 saved the encoder as a plain HF folder and the temperature as log_temperature."""
+    from safetensors.torch import load_file, save_file
+
+    model = RetriKT.from_encoder("cb", TINY, max_length=32)
+    model.attach_store(cb_store, k=2, retrieval_temperature=0.2)
+    model.refresh_keys()
+    model.save_pretrained(tmp_path / "m")
+    items = [["It rains.", "It is dry."]]
+    before = model.predict(items)[0].probs
+    head = load_file(tmp_path / "m" / "head.safetensors")
+    head["log_temperature"] = head.pop("log_retrieval_temperature")
+    save_file(head, tmp_path / "m" / "head.safetensors")
+    encoder = tmp_path / "m" / "encoder"
+    for name in ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"):
+        (encoder / name).unlink()
+    shutil.rmtree(encoder / "1_Pooling")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    del config["versions"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "format_version": 1}))
+    loaded = RetriKT.from_pretrained(tmp_path / "m")
+    assert loaded.retrieval_temperature.item() == pytest.approx(0.2)
+    assert loaded.predict(items)[0].probs == pytest.approx(before, abs=1e-6)

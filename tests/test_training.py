@@ -253,3 +253,21 @@ def test_train_the_retrieval_student_from_the_cli(tmp_path, data_dir):
 def test_train_student_needs_a_store_or_no_retrieval(tmp_path, caplog):
     assert main(["train-student", "--task", "cb", "--out", str(tmp_path / "x")]) == 1
     assert "--store PATH" in caplog.text
+
+
+def test_train_student_flags_come_from_train_config_and_tuning_is_explicit(tmp_path):
+    from retrikt.cli import build_parser
+    from retrikt.config import from_args
+    from retrikt.errors import ConfigError
+    from retrikt.training import train_student
+
+    argv = ["train-student", "--task", "cb", "--out", "x", "--store", "s", "--k", "3"]
+    args = build_parser().parse_args([*argv, "--mix", "0.7", "--no-distill"])
+    config = from_args(TrainConfig, args)
+    assert (config.k, config.mix, config.distill, config.tune_retrieval) == (3, 0.7, False, False)
+    assert config.epochs == TrainConfig(task="cb").epochs  # defaults from the dataclass
+    assert from_args(
+        TrainConfig, build_parser().parse_args([*argv, "--tune-retrieval"])
+    ).tune_retrieval
+    with pytest.raises(ConfigError, match="--tune-retrieval tunes retrieval: give a --store"):
+        train_student(TrainConfig(task="cb", tune_retrieval=True), None, tmp_path)
