@@ -23,19 +23,19 @@ choices; the whole example (both choices and the soft labels) is in the entry's 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import random
 import shutil
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from retrikt import cache
 from retrikt.config import Config, option
 from retrikt.errors import ConfigError, RetriktError
 from retrikt.generator.generation import (
@@ -68,8 +68,6 @@ logger = logging.getLogger(__name__)
 #: Part of the RL and generation cache keys: bump it when the sampler's output changes, so
 #: stages cached by an older sampler are not reused.
 SAMPLER_VERSION = 2
-_DONE = "retrikt-stage.json"  # written last into a finished stage folder
-_POLL_SECONDS = 10.0
 
 
 @dataclass
@@ -123,10 +121,6 @@ class BuildConfig(Config):
         return Path(self.cache_dir) if self.cache_dir else default_cache_dir() / "build"
 
 
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 @dataclass
 class TaskData:
     task: Task
@@ -136,7 +130,9 @@ class TaskData:
     @property
     def fingerprint(self) -> str:
         """Identifies the training examples, so a changed data file invalidates the caches."""
-        return _key(self.task.name, [(self.task.render(ex), ex["label"]) for ex in self.train])
+        return cache.key(
+            [self.task.name, [(self.task.render(ex), ex["label"]) for ex in self.train]]
+        )
 
 
 def load_task_data(config: BuildConfig) -> TaskData:
@@ -159,56 +155,28 @@ def load_task_data(config: BuildConfig) -> TaskData:
 
 
 # ------------------------------------------------------------------ cached stages
-def _cached_stage(folder: Path, rank: int, make: Any) -> Path:
-    """Run ``make(tmp_folder)`` once (on rank 0) and publish it atomically; others wait."""
-    if (folder / _DONE).is_file():
-        logger.info("reusing %s", folder)
-        return folder
-    if rank != 0:
-        logger.info("waiting for process 0 to finish %s", folder)
-        while not (folder / _DONE).is_file():
-            time.sleep(_POLL_SECONDS)
-        return folder
-    _remove_abandoned_staging(folder)
-    staging = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    staging.mkdir(parents=True)
-    make(staging)
-    (staging / _DONE).write_text(json.dumps({"finished": time.time()}))
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(staging, folder)
+def _cached_stage(folder: Path, rank: int, make: Callable[[Path], object]) -> Path:
+    """Make a stage folder once (rank 0; other ranks wait) through the one artefact cache."""
+
+    def run(staging: Path) -> None:
+        make(staging)  # what it returns (a path) is not kept in the marker
+
+    cache.publish(folder, run, rank=rank)
     return folder
-
-
-def _remove_abandoned_staging(folder: Path) -> None:
-    """Delete ``<stage>.tmpPID`` folders left by killed runs (their process is gone)."""
-    for staging in folder.parent.glob(folder.name + ".tmp*"):
-        pid = staging.name.rpartition(".tmp")[2]
-        if pid.isdigit() and (int(pid) == os.getpid() or not _process_alive(int(pid))):
-            logger.info("removing %s, left by an interrupted run", staging)
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: checks the process exists, sends nothing
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
 
 
 def prepare_teacher(config: BuildConfig, data: TaskData, rank: int = 0) -> tuple[LLMTeacher, dict]:
     """The (tuned) LLM teacher and its manifest entry with validation metrics."""
     task = data.task
     soft = config.teacher_prompt
-    key = _key(
-        "teacher",
-        config.teacher_model,
-        data.fingerprint,
-        soft.to_dict(),
-        [task.render(ex) for ex in data.validation],
+    key = cache.key(
+        [
+            "teacher",
+            config.teacher_model,
+            data.fingerprint,
+            soft.to_dict(),
+            [task.render(ex) for ex in data.validation],
+        ]
     )
     folder = config.cache / "teacher" / f"{task.name}-{key}"
 
@@ -254,7 +222,7 @@ def prepare_generator(
     if soft.steps == 0:
         return None
     task = data.task
-    sft_key = _key("generator", config.generator, data.fingerprint, soft.to_dict())
+    sft_key = cache.key(["generator", config.generator, data.fingerprint, soft.to_dict()])
     sft = _cached_stage(
         config.cache / "generator" / f"{task.name}-{sft_key}",
         rank,
@@ -262,15 +230,17 @@ def prepare_generator(
     )
     if config.rl == "none":
         return sft
-    teacher_key = _key(teacher.id, teacher_info["adapter"])
-    rl_key = _key(
-        sft_key,
-        config.rl,
-        config.rl_config.to_dict(),
-        teacher_key,
-        config.encoder,
-        config.sampling.to_dict(),
-        SAMPLER_VERSION,
+    teacher_key = cache.key([teacher.id, teacher_info["adapter"]])
+    rl_key = cache.key(
+        [
+            sft_key,
+            config.rl,
+            config.rl_config.to_dict(),
+            teacher_key,
+            config.encoder,
+            config.sampling.to_dict(),
+            SAMPLER_VERSION,
+        ]
     )
     return _cached_stage(
         config.cache / "rl" / f"{task.name}-{config.rl}-{rl_key}",
@@ -314,7 +284,9 @@ def generation_work_dir(config: BuildConfig, adapter: Path | None, teacher_id: s
     """Checkpoint folder of a generation run; samples_per_label is not in the key, so a
     rerun with more samples extends the same run (job ids are stable)."""
     sampling = {**config.sampling.to_dict(), "batch_size": None}  # batches do not change rows
-    key = _key(config.task, config.generator, str(adapter), teacher_id, sampling, SAMPLER_VERSION)
+    key = cache.key(
+        [config.task, config.generator, str(adapter), teacher_id, sampling, SAMPLER_VERSION]
+    )
     return config.cache / "generations" / f"{config.task}-{key}"
 
 
@@ -355,12 +327,12 @@ def generate_records(
     if rank != 0:
         return []
     wanted = {job.id for job in jobs}
-    while True:  # other ranks write their shards in parallel
-        records = [r for r in read_generations(work) if r["id"] in wanted]
-        if len(records) == len(wanted):
-            return records
-        logger.info("waiting for other processes: %d of %d written", len(records), len(wanted))
-        time.sleep(_POLL_SECONDS)
+
+    def all_written() -> bool:  # other ranks write their shards in parallel
+        return len({r["id"] for r in read_generations(work)} & wanted) == len(wanted)
+
+    cache.wait_until(all_written, f"the other processes' shards in {work}")
+    return [r for r in read_generations(work) if r["id"] in wanted]
 
 
 def _fields(example: Example) -> dict[str, Any]:
@@ -384,9 +356,8 @@ class _RecordedTeacher:
 
 
 def store_text(task: Task, example: Example, encoder: Any) -> str:
-    """The key an entry is embedded and found by (see the module docstring for COPA)."""
-    text, pair = task.encoder_inputs(example)[0]
-    return text if task.name == "copa" else encoder.join((text, pair))
+    """The key an entry is embedded and found by (``Task.store_key``), as one string."""
+    return encoder.join(task.store_key(example))
 
 
 def score_records(
