@@ -271,3 +271,28 @@ def test_train_student_flags_come_from_train_config_and_tuning_is_explicit(tmp_p
     ).tune_retrieval
     with pytest.raises(ConfigError, match="--tune-retrieval tunes retrieval: give a --store"):
         train_student(TrainConfig(task="cb", tune_retrieval=True), None, tmp_path)
+
+
+def test_the_stores_examples_reach_distillation_training(tmp_path):
+    """student-kd's setting (no combined CE, no retrieval KL): the store still trains the head.
+
+    The committed demo table had student-kd equal to student-ft on CB in every cell; this
+    checks that the store's examples do reach the distilled student's training.
+    """
+    from retrikt.training import train
+
+    task = get_task("cb")
+    store = labelled_store(task, cb_examples(MORE_CB), tmp_path / "store")
+    heads = {}
+    for distill in (False, True):
+        torch.manual_seed(0)
+        model = RetriKT.from_encoder(task, TINY, max_length=48)
+        model.attach_store(store)
+        config = TrainConfig(
+            task="cb", epochs=1, batch_size=2, combined_ce=False, retrieval_loss=False,
+            distill=distill, lr=1e-3,
+        )  # fmt: skip
+        history = train(model, cb_examples(), config, store.entries())
+        assert ("distill" in history[0]) == distill
+        heads[distill] = torch.cat([p.detach().flatten() for p in model.head.parameters()])
+    assert not torch.allclose(heads[False], heads[True])
