@@ -80,6 +80,14 @@ def encode(task: Task, tokenizer: Any, examples: Sequence[Example], max_length: 
     return [ids[i * per : (i + 1) * per] for i in range(len(examples))]
 
 
+def features(
+    task: Task, tokenizer: Any, examples: Sequence[Example], max_length: int
+) -> list[dict[str, Any]]:
+    """Training items for ``Collator``: each example's rows and its label."""
+    rows = encode(task, tokenizer, examples, max_length)
+    return [{"rows": r, "labels": ex["label"]} for r, ex in zip(rows, examples, strict=True)]
+
+
 def pad(rows: Rows, pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids`` and ``attention_mask`` (rows, width)."""
     width = max(map(len, rows))

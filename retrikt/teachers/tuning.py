@@ -36,7 +36,7 @@ from retrikt.tasks import Example, Task, get_task
 from retrikt.teachers.classifier import (
     ClassifierTeacher,
     Collator,
-    encode,
+    features,
     load_classifier,
     task_loss,
     task_scores,
@@ -235,17 +235,9 @@ def _tune_prompt(
     return LLMTeacher(config.model, out), history
 
 
-def _tune_classifier(
-    config: TeacherConfig, task: Task, data: TeacherData, out: Path, callbacks: list[Any]
-) -> tuple[Teacher | None, list[dict[str, Any]]]:
-    """LoRA or full fine-tuning with the Trainer; resumes from ``OUT/checkpoints``."""
-    from accelerate import PartialState
-    from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
-
-    state = PartialState()
-    with state.main_process_first():  # the main process clears or checks the folder first
-        resume = _resume_point(config, out, state.is_main_process)
-    set_seed(config.seed)  # the new head's initialisation
+def prepare_model(config: TeacherConfig, task: Task) -> tuple[Any, Any]:
+    """The base model on a fresh task head (fp32 master weights), LoRA-wrapped for
+    ``--tuning lora``, and its tokenizer; logs trainable against total parameters."""
     model, tokenizer = load_classifier(config.model, task)
     if config.tuning == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
@@ -268,10 +260,21 @@ def _tune_classifier(
         f"{total:,}",
         100 * trainable / total,
     )
+    return model, tokenizer
 
-    def dataset(examples: list[Example]) -> list[dict[str, Any]]:
-        rows = encode(task, tokenizer, examples, config.max_length)
-        return [{"rows": r, "labels": ex["label"]} for r, ex in zip(rows, examples, strict=True)]
+
+def _tune_classifier(
+    config: TeacherConfig, task: Task, data: TeacherData, out: Path, callbacks: list[Any]
+) -> tuple[Teacher | None, list[dict[str, Any]]]:
+    """LoRA or full fine-tuning with the Trainer; resumes from ``OUT/checkpoints``."""
+    from accelerate import PartialState
+    from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
+
+    state = PartialState()
+    with state.main_process_first():  # the main process clears or checks the folder first
+        resume = _resume_point(config, out, state.is_main_process)
+    set_seed(config.seed)  # the new head's initialisation
+    model, tokenizer = prepare_model(config, task)
 
     def compute_metrics(prediction: Any) -> dict[str, float]:
         scores = np.asarray(prediction.predictions)
@@ -309,8 +312,8 @@ def _tune_classifier(
         task,
         model=model,
         args=args,
-        train_dataset=dataset(data.fit),
-        eval_dataset=dataset(data.heldout),
+        train_dataset=features(task, tokenizer, data.fit, config.max_length),
+        eval_dataset=features(task, tokenizer, data.heldout, config.max_length),
         data_collator=Collator(tokenizer.pad_token_id, task.is_regression),
         compute_metrics=compute_metrics,
         callbacks=[EarlyStoppingCallback(config.patience), *callbacks],
