@@ -106,6 +106,10 @@ def test_loss_falls_on_a_separable_task_and_the_folder_is_complete(trained):
     assert len(losses) == 30
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
     assert trained.results["heldout"]["accuracy"] >= 0.75
+    # The Trainer's held-out scores (length-grouped training, in-order evaluation) chose the
+    # model that was kept: its best is what the kept model scores.
+    best = max(e["eval_accuracy"] for e in trained.log_history if "eval_accuracy" in e)
+    assert trained.results["heldout"]["accuracy"] == pytest.approx(best)
     assert trained.results["validation"]["examples"] == 12
     out = trained.out
     assert (out / "adapter_model.safetensors").is_file() and (out / "tokenizer.json").is_file()

@@ -83,9 +83,13 @@ def encode(task: Task, tokenizer: Any, examples: Sequence[Example], max_length: 
 def features(
     task: Task, tokenizer: Any, examples: Sequence[Example], max_length: int
 ) -> list[dict[str, Any]]:
-    """Training items for ``Collator``: each example's rows and its label."""
+    """Training items for ``Collator``: each example's rows, its label, and its ``length``
+    (longest row), by which batches are grouped."""
     rows = encode(task, tokenizer, examples, max_length)
-    return [{"rows": r, "labels": ex["label"]} for r, ex in zip(rows, examples, strict=True)]
+    return [
+        {"rows": r, "labels": ex["label"], "length": max(map(len, r))}
+        for r, ex in zip(rows, examples, strict=True)
+    ]
 
 
 def pad(rows: Rows, pad_id: int) -> dict[str, torch.Tensor]:

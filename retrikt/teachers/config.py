@@ -34,6 +34,9 @@ class TeacherConfig(Config):
     )
     max_steps: int | None = option(None, "optimiser steps (overrides --epochs)", min=1)
     batch_size: int = option(16, "examples per step (COPA: each brings its 2 choices)", min=1)
+    group_by_length: bool = option(
+        True, "batch examples of similar length: a batch is padded to its longest row"
+    )
     grad_accum: int = option(1, "batches accumulated into one optimiser step", min=1)
     lr: float | None = option(
         None, "learning rate (default: 2e-4 lora, 2e-5 full, 3e-2 prompt)", min=0

@@ -135,6 +135,14 @@ def _trainer_class() -> type:
             loss = task_loss(self.task, scores, labels)
             return (loss, {"logits": scores}) if return_outputs else loss
 
+        def _get_eval_sampler(self, eval_dataset: Any) -> Any:
+            """In order, even with length-grouped training batches: ``compute_metrics``
+            pairs predictions with the held-out examples (and MultiRC's question groups) by
+            position. Several processes shard it in order and the gather keeps it."""
+            from torch.utils.data import SequentialSampler
+
+            return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+
     return TeacherTrainer
 
 
@@ -268,6 +276,7 @@ def _tune_classifier(
 ) -> tuple[Teacher | None, list[dict[str, Any]]]:
     """LoRA or full fine-tuning with the Trainer; resumes from ``OUT/checkpoints``."""
     from accelerate import PartialState
+    from datasets import Dataset  # its "length" column is what group_by_length reads
     from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
     state = PartialState()
@@ -288,6 +297,7 @@ def _tune_classifier(
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum,
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         num_train_epochs=config.epochs,
         max_steps=config.max_steps or -1,
         learning_rate=config.learning_rate,
@@ -312,7 +322,7 @@ def _tune_classifier(
         task,
         model=model,
         args=args,
-        train_dataset=features(task, tokenizer, data.fit, config.max_length),
+        train_dataset=Dataset.from_list(features(task, tokenizer, data.fit, config.max_length)),
         eval_dataset=features(task, tokenizer, data.heldout, config.max_length),
         data_collator=Collator(tokenizer.pad_token_id, task.is_regression),
         compute_metrics=compute_metrics,
