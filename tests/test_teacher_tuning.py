@@ -17,6 +17,7 @@ import torch
 from retrikt.cli import main
 from retrikt.errors import ConfigError, RetriktError
 from retrikt.generator.build import BuildConfig, TaskData, prepare_teacher
+from retrikt.generator.lm import bf16_supported
 from retrikt.generator.teacher import LLMTeacher
 from retrikt.models import GENERATOR, resolve_model
 from retrikt.tasks import get_task
@@ -139,6 +140,21 @@ def test_full_fine_tuning_saves_weights_that_load_the_same(tiny_base, toy_data, 
     loaded = load_teacher(str(result.out))
     np.testing.assert_allclose(
         loaded.label_probs(CB, examples), result.teacher.label_probs(CB, examples), atol=1e-5
+    )
+
+
+def test_bf16_autocast_trains_and_loads_where_the_cpu_supports_it(
+    tiny_base, toy_data, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("RETRIKT_FP32")
+    if not bf16_supported():
+        pytest.skip("this CPU has no AVX512-BF16/AMX: training stays fp32")
+    result = train_teacher(_config(tiny_base, toy_data, tmp_path / "bf16", max_steps=2))
+    loaded = load_teacher(str(result.out))
+    assert loaded.model.dtype == torch.bfloat16
+    examples = CB.read("validation", toy_data)
+    np.testing.assert_allclose(
+        loaded.label_probs(CB, examples), result.teacher.label_probs(CB, examples), atol=5e-3
     )
 
 

@@ -311,7 +311,8 @@ def _tune_classifier(
         metric_for_best_model=task.metric_names[0],
         greater_is_better=True,
         save_total_limit=2,  # the best and the latest
-        bf16=bf16_supported(),
+        bf16=bf16_supported(),  # autocast over fp32 master weights
+        use_cpu=not torch.cuda.is_available(),  # Trainer's bf16 check needs it said on a CPU
         seed=config.seed,
         report_to="none",
         remove_unused_columns=False,
