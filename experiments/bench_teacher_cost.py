@@ -172,7 +172,8 @@ def main() -> None:
             "tokens), as `retrikt train-teacher` runs it (`prepare_model`, bf16 autocast with "
             f"fp32 master weights where bf16 is supported); 1 warm-up step, then {args.steps} "
             "timed, drawn at random from one epoch's batches. *grouped*: the length-grouped "
-            "batches train-teacher draws by default (`--group-by-length`); *random*: plain "
+            "batches train-teacher draws by default (`--no-group-by-length` turns them off); "
+            "*random*: plain "
             "random batches, padded to their longest pair. LoRA: r 16 on every linear layer, "
             "head trained in full. Epoch minutes = steps per epoch x median step (no "
             "evaluation), to plan the runs.",
