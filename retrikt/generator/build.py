@@ -53,7 +53,7 @@ from retrikt.generator.prompt_tuning import (
 )
 from retrikt.generator.rl import METHODS as RL_METHODS
 from retrikt.generator.sampler import Sampler, SamplingConfig
-from retrikt.generator.teacher import LLMTeacher, Teacher
+from retrikt.generator.teacher import LLMTeacher
 from retrikt.generator.templates import (
     generation_prompt,
     instruction_prompt,
@@ -203,7 +203,7 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def prepare_teacher(config: BuildConfig, data: TaskData, rank: int = 0) -> tuple[Teacher, dict]:
+def prepare_teacher(config: BuildConfig, data: TaskData, rank: int = 0) -> tuple[Any, dict]:
     """The teacher and its manifest entry with validation metrics.
 
     An LLM (a preset, or a causal-LM folder) is tuned here with a soft prompt (stage 1). A

@@ -17,19 +17,32 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+import numpy as np
 
 from retrikt.errors import RetriktError
 from retrikt.generator.lm import compute_dtype
-from retrikt.generator.teacher import LLMTeacher, Teacher
+from retrikt.generator.teacher import LLMTeacher
 from retrikt.models import GENERATOR, PRESETS, resolve_model
-from retrikt.tasks import get_task
+from retrikt.tasks import Example, Task, get_task
 from retrikt.teachers.classifier import ClassifierTeacher, load_classifier
 
 TEACHER_CONFIG = "teacher_config.json"
 EVAL_RESULTS = "eval_results.json"
 _WEIGHTS = ("adapter_model.*", "model*.safetensors", "pytorch_model*.bin")
+
+
+class Teacher(Protocol):
+    """What build-store needs of any teacher: an ``id`` for manifests and cache keys."""
+
+    id: str
+
+    def label_probs(self, task: Task, examples: Sequence[Example]) -> np.ndarray:
+        """(n, C) probabilities over ``task.label_names``; (n, 1) expected score for regression."""
+        ...
 
 
 def weights_digest(folder: str | Path) -> str:

@@ -31,7 +31,6 @@ import torch
 from retrikt.errors import ConfigError, RetriktError
 from retrikt.generator.build import measure_teacher
 from retrikt.generator.lm import bf16_supported
-from retrikt.generator.teacher import Teacher
 from retrikt.tasks import Example, Task, get_task
 from retrikt.teachers.classifier import (
     ClassifierTeacher,
@@ -42,7 +41,7 @@ from retrikt.teachers.classifier import (
     task_scores,
 )
 from retrikt.teachers.config import TeacherConfig
-from retrikt.teachers.loading import EVAL_RESULTS, TEACHER_CONFIG, tuned_id
+from retrikt.teachers.loading import EVAL_RESULTS, TEACHER_CONFIG, Teacher, tuned_id
 
 logger = logging.getLogger(__name__)
 
