@@ -6,8 +6,8 @@ import sys
 
 from retrikt.cli import main
 
-COMMANDS = ["build-store", "train-student", "predict", "evaluate", "serve", "models", "tasks",
-            "inspect-data", "store"]  # fmt: skip
+COMMANDS = ["train-teacher", "build-store", "train-student", "predict", "evaluate", "serve",
+            "models", "tasks", "inspect-data", "store"]  # fmt: skip
 
 
 def test_help_lists_every_command():

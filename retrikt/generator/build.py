@@ -82,7 +82,11 @@ class BuildConfig(Config):
     out: str = option(None, "store folder to write, e.g. knowledge_store/cb")
     data_dir: str | None = option(None, "folder holding superglue/ and glue/ (or $RETRIKT_DATA)")
     generator: str = option("smollm2-135m", "generator LLM: preset, HF folder or hub id")
-    teacher: str | None = option(None, "teacher LLM preset or folder (default: the generator)")
+    teacher: str | None = option(
+        None,
+        "teacher: an LLM preset or folder (soft-prompt tuned here; default: the generator), a "
+        "`retrikt train-teacher` folder, or any HF sequence classifier (folder or hub id)",
+    )
     encoder: str = option("minilm-l6", "student encoder that embeds the entries")
     samples_per_label: int = option(100, "examples generated per label", min=1)
     rl: str = option("ppo", "RL refinement of the generator prompt", choices=RL_METHODS)
@@ -165,14 +169,23 @@ def _cached_stage(folder: Path, rank: int, make: Callable[[Path], object]) -> Pa
     return folder
 
 
-def prepare_teacher(config: BuildConfig, data: TaskData, rank: int = 0) -> tuple[LLMTeacher, dict]:
-    """The (tuned) LLM teacher and its manifest entry with validation metrics."""
+def prepare_teacher(config: BuildConfig, data: TaskData, rank: int = 0) -> tuple[Any, dict]:
+    """The teacher and its manifest entry with validation metrics.
+
+    An LLM (a preset, or a causal-LM folder) is tuned here with a soft prompt (stage 1). A
+    ``retrikt train-teacher`` folder or any sequence classifier is already tuned: it is used
+    as it is, and a train-teacher folder's held-out score goes into the manifest.
+    """
+    from retrikt.teachers.loading import is_llm, load_teacher, teacher_card
+
     task = data.task
+    tuned = None if is_llm(config.teacher_model) else load_teacher(config.teacher_model)
     soft = config.teacher_prompt
+    steps = 0 if tuned else soft.steps
     key = cache.key(
         [
             "teacher",
-            config.teacher_model,
+            tuned.id if tuned else config.teacher_model,
             data.fingerprint,
             soft.to_dict(),
             [task.render(ex) for ex in data.validation],
@@ -182,24 +195,26 @@ def prepare_teacher(config: BuildConfig, data: TaskData, rank: int = 0) -> tuple
 
     def make(staging: Path) -> None:
         adapter = None
-        if soft.steps > 0:
+        if steps > 0:
             adapter = train_teacher_prompt(
                 config.teacher_model, task, data.train, soft, staging / "adapter"
             )
-        metrics = measure_teacher(LLMTeacher(config.teacher_model, adapter), task, data.validation)
+        teacher = tuned or LLMTeacher(config.teacher_model, adapter)
+        metrics = measure_teacher(teacher, task, data.validation)
         (staging / "validation.json").write_text(json.dumps(metrics, indent=1))
 
     folder = _cached_stage(folder, rank, make)
-    adapter_dir = folder / "adapter" if soft.steps > 0 else None
+    adapter_dir = folder / "adapter" if steps > 0 else None
     metrics = json.loads((folder / "validation.json").read_text())
     logger.info("teacher validation on %s: %s", task.name, metrics)
-    teacher = LLMTeacher(config.teacher_model, adapter_dir)
+    teacher = tuned or LLMTeacher(config.teacher_model, adapter_dir)
     info = {
         "id": teacher.id,
         "model": config.teacher_model,
-        "prompt_steps": soft.steps,
+        "prompt_steps": steps,
         "adapter": str(adapter_dir) if adapter_dir else None,
         "validation": metrics,
+        **teacher_card(config.teacher_model),
     }
     return teacher, info
 
@@ -448,7 +463,7 @@ def build_store(config: BuildConfig) -> Path:
     jobs = config.samples_per_label * len(label_options(task))
     sampling = config.sampling
     logger.info(
-        "[1/5] teacher: %s, %d prompt-tuning steps",
+        "[1/5] teacher: %s (an LLM gets a %d-step soft prompt; a tuned folder is used as is)",
         config.teacher_model,
         config.teacher_prompt.steps,
     )
