@@ -17,9 +17,9 @@ import pytest
 
 import retrikt.store.index as index_mod
 import retrikt.store.knowledge_store as store_mod
-from retrikt.store.manifest import FORMAT_VERSION
 from retrikt.errors import StoreError
 from retrikt.store import KnowledgeStore, StoreEntry, entry_id
+from retrikt.store.manifest import FORMAT_VERSION
 
 LABELS = ["entailment", "contradiction", "neutral"]
 DIM = 16
