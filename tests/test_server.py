@@ -76,7 +76,14 @@ def test_health_and_info_describe_the_served_model(client, student):
     assert info["task"] == "cb"
     assert info["labels"] == list(CB.label_names)
     assert info["fields"] == ["premise", "hypothesis"]
-    assert info["limits"] == {"max_batch": 4, "max_chars": 200}
+    assert info["limits"] == {
+        "max_batch": 4,
+        "max_chars": 200,
+        "max_queue": 16,
+        "timeout": 30.0,
+        "body_timeout": 10.0,
+        "max_body_bytes": 85_760,
+    }
     assert info["config"]["encoder"] == "minilm-l6:2"
     assert info["retrieval"] is True
     assert info["store_size"] == len(MEMORY)
@@ -287,7 +294,7 @@ def test_a_model_crash_is_a_500_json_and_the_server_survives():
 @pytest.mark.parametrize("inputs_per_request", [1, 3])
 def test_concurrent_requests_share_batches_one_call_at_a_time(inputs_per_request):
     model = _DoubleStudent()
-    app = create_app(model, max_batch=4)
+    app = create_app(model, max_batch=4, max_queue=32)  # room for all 8 requests
 
     async def burst() -> list[httpx.Response]:
         async with app.router.lifespan_context(app):
