@@ -62,6 +62,10 @@ logger = logging.getLogger(__name__)
 #: also the most a server may allow; the encoder reads only the first 128 tokens anyway.
 DEFAULT_MAX_CHARS: int = inspect.signature(Task.parse_input).parameters["max_chars"].default
 DOCS_ASSETS = "/docs-assets"
+#: A JSON Schema pattern for "not only whitespace" as ``str.strip`` sees it. ``\S`` will not
+#: do: ECMA regexes (which JSON Schema validators use) treat U+001C-U+001F as non-space.
+#: Every character ``str.isspace`` knows is below U+3001 (tests check).
+NOT_ONLY_SPACE = "[^" + "".join(f"\\u{c:04x}" for c in range(0x3001) if chr(c).isspace()) + "]"
 
 
 @dataclass(frozen=True)
@@ -409,7 +413,7 @@ class _Service:
                 "type": "string",
                 "minLength": 1,
                 "maxLength": limits.max_chars,
-                "pattern": r"\S",  # not only whitespace
+                "pattern": NOT_ONLY_SPACE,
             }
 
         if task.label_names is None:

@@ -175,12 +175,12 @@ class Task:
         if self.is_regression:
             try:
                 score = float(value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise DataError(f"{where}: label {value!r} is not a number") from None
             return score
         names = self.label_names or ()
-        if isinstance(value, bool):
-            value = int(value)
+        if isinstance(value, bool) or (isinstance(value, float) and value.is_integer()):
+            value = int(value)  # JSON Schema counts 1.0 as an integer too
         if isinstance(value, str) and value in names:
             return names.index(value)
         if isinstance(value, str) and value.lstrip("-").isdigit():

@@ -41,14 +41,12 @@ MEMORY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def student_dir(tmp_path_factory) -> Path:
+def make_student_dir(folder: Path) -> Path:
     """A real, small CB student with a store: 2-layer MiniLM, untrained head, 8 memories.
 
     Serving needs no skill, so the head stays untrained; the store is real (keys from the
     student's own encoder, saved and verified on load), so neighbours come back.
     """
-    folder = tmp_path_factory.mktemp("student")
     examples = [CB.parse_input({"premise": p, "hypothesis": h, "label": label})
                 for p, h, label in MEMORY]  # fmt: skip
     store = labelled_store(CB, examples, folder / "source-store", encoder="minilm-l6:2")
@@ -56,6 +54,11 @@ def student_dir(tmp_path_factory) -> Path:
     model.attach_store(store, k=3)
     model.refresh_keys()
     return model.save_pretrained(folder / "student")
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory) -> Path:
+    return make_student_dir(tmp_path_factory.mktemp("student"))
 
 
 @pytest.fixture(scope="module")
@@ -238,6 +241,10 @@ def test_unknown_routes_and_methods_answer_in_the_same_error_shape(client):
 class _Config:
     task: str = "cb"
     encoder: str = "double"
+    head: str = "classification"
+    max_length: int = 128
+    format_version: int = 1
+    retrieval: None = None
 
 
 @dataclass
