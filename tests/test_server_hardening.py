@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from test_server import GOOD, _DoubleStudent, make_student_dir
 
+from retrikt.cli import main
 from retrikt.server import NOT_ONLY_SPACE, create_app
 from retrikt.store import KnowledgeStore
 from retrikt.student import RetriKT
@@ -227,3 +228,12 @@ def test_the_api_keeps_its_openapi_contract(api_schema, path, method):
         case.call_and_validate(additional_checks=[schemathesis.checks.positive_data_acceptance])
 
     check()
+
+
+def test_serve_help_states_the_limits(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for needle in ("--max-queue", "HTTP 503 with Retry-After", "--timeout", "--body-timeout",
+                   "HTTP 408", "--max-batch", "--max-chars"):  # fmt: skip
+        assert needle in text
