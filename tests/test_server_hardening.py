@@ -20,9 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from test_server import GOOD, _DoubleStudent, make_student_dir
 
 from retrikt.cli import main
-from retrikt.server import NOT_ONLY_SPACE, create_app
+from retrikt.server import NOT_ONLY_SPACE, clip_to_encoder, create_app
 from retrikt.store import KnowledgeStore
 from retrikt.student import RetriKT
+from retrikt.tasks import get_task
+
+CB = get_task("cb")
 
 
 @pytest.fixture(scope="module")
@@ -237,3 +240,28 @@ def test_serve_help_states_the_limits(capsys):
     for needle in ("--max-queue", "HTTP 503 with Retry-After", "--timeout", "--body-timeout",
                    "HTTP 408", "--max-batch", "--max-chars"):  # fmt: skip
         assert needle in text
+
+
+def _words(n: int, seed: int) -> str:
+    return " ".join(f"w{seed}x{i}" for i in range(n))
+
+
+def test_long_fields_are_clipped_to_what_the_encoder_reads(student):
+    """Same prediction as the whole text, without the tokenizer's quadratic pair truncation."""
+    example = CB.parse_input([_words(700, 1), _words(700, 2)])
+    (clipped,) = clip_to_encoder(student, [example])
+    assert 100 < len(clipped["premise"]) < 2000 < len(example["premise"])
+    assert example["premise"].startswith(clipped["premise"] + " ")  # cut between words
+    whole, cut = student.predict([example]), student.predict([clipped])
+    assert whole[0].to_dict() == cut[0].to_dict()
+    short = CB.parse_input(GOOD)
+    assert clip_to_encoder(student, [short]) == [short]
+
+
+def test_a_maximum_size_pair_batch_is_answered_quickly(student):
+    body = {"inputs": [[_words(4000, i)[:20_000], _words(4000, i + 9)[:20_000]] for i in range(4)]}
+    with TestClient(create_app(student, max_batch=4)) as client:
+        start = time.perf_counter()
+        response = client.post("/predict", json=body)
+        assert response.status_code == 200
+        assert time.perf_counter() - start < 15  # unclipped: over 30 s and 15 GB
