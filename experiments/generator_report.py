@@ -34,6 +34,9 @@ from retrikt.generator.build import (
     prepare_teacher,
     score_records,
 )
+from retrikt.generator.ppo import RLConfig
+from retrikt.generator.prompt_tuning import SoftPromptConfig
+from retrikt.generator.sampler import SamplingConfig
 
 logger = logging.getLogger("generator_report")
 
@@ -122,7 +125,8 @@ COLUMNS = [
 def render(command: str, args, sections: list[str], teacher_rows: list[str]) -> str:
     scale = (
         f"Scale (kept small: 2 shared CPU cores): {args.samples_per_label} samples per label and "
-        f"setting, {args.max_new_tokens} new tokens at most, temperature {args.temperature}; "
+        f"setting, {args.max_new_tokens} new tokens at most, temperature {args.temperature}, "
+        f"top-p {args.top_p} (the store's and PPO's rollouts' sampler); "
         f"soft prompts of {args.virtual_tokens} virtual tokens trained {args.prompt_steps} steps "
         f"(generator) and {args.teacher_steps} steps (teacher) at batch 8 on at most "
         f"{args.train_limit} training examples; PPO {args.rl_steps} steps of "
@@ -169,8 +173,9 @@ def main() -> None:
     parser.add_argument("--out", default="experiments/results/generator.md")
     parser.add_argument("--tasks", default="copa,rte,cb")
     parser.add_argument("--samples-per-label", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=96)
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--max-new-tokens", type=int, default=144)
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--prompt-steps", type=int, default=30)
     parser.add_argument("--teacher-steps", type=int, default=30)
     parser.add_argument("--virtual-tokens", type=int, default=16)
@@ -191,26 +196,31 @@ def main() -> None:
     teacher_rows: list[str] = []
     for name in args.tasks.split(","):
         started = time.perf_counter()
+        prompt = SoftPromptConfig(steps=0, num_virtual_tokens=args.virtual_tokens)
         base = BuildConfig(
             task=name,
             data_dir=args.data_dir,
             out="unused",
             rl="none",
-            prompt_steps=0,
-            teacher_steps=args.teacher_steps,
+            generator_prompt=prompt,
+            teacher_prompt=replace(prompt, steps=args.teacher_steps),
+            rl_config=RLConfig(
+                steps=args.rl_steps, batch_size=args.rl_batch, mini_batch_size=args.rl_batch
+            ),
+            sampling=SamplingConfig(
+                max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature,
+                top_p=args.top_p,
+                batch_size=args.batch_size,
+            ),
             samples_per_label=args.samples_per_label,
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            batch_size=args.batch_size,
-            num_virtual_tokens=args.virtual_tokens,
             train_limit=args.train_limit,
             teacher_eval_limit=args.teacher_eval_limit,
             cache_dir=args.cache_dir,
-            rl_options={"batch_size": args.rl_batch, "mini_batch_size": args.rl_batch},
         )
         data = load_task_data(base)
         task = data.task
-        _, zero_shot = prepare_teacher(replace(base, teacher_steps=0), data)
+        _, zero_shot = prepare_teacher(replace(base, teacher_prompt=prompt), data)
         teacher, info = prepare_teacher(base, data)
         metric = task.metric_names[0]
         val = info["validation"]
@@ -220,12 +230,11 @@ def main() -> None:
             f"| {task.name} | {val['examples']} | {metric} | {zero_shot['validation'][metric]:.3f} "
             f"| {val[metric]:.3f} | {majority:.3f} |"
         )
+        tuned = replace(prompt, steps=args.prompt_steps)
         settings = {
             "plain instruction prompt": base,
-            "soft prompt (supervised)": replace(base, prompt_steps=args.prompt_steps),
-            "soft prompt + PPO": replace(
-                base, prompt_steps=args.prompt_steps, rl="ppo", rl_steps=args.rl_steps
-            ),
+            "soft prompt (supervised)": replace(base, generator_prompt=tuned),
+            "soft prompt + PPO": replace(base, generator_prompt=tuned, rl="ppo"),
         }
         table = [
             "| setting | generated | " + " | ".join(title for _, title in COLUMNS) + " |",

@@ -1,41 +1,73 @@
 """Sentence embeddings with a student encoder preset, for keys and queries of the store.
 
-A thin wrapper around ``sentence_transformers.SentenceTransformer``: it resolves RetriKT's
-offline presets (including ``minilm-l6:N`` cut-downs), accepts text pairs, and always
-returns L2-normalised float32 vectors so that inner product is cosine similarity. Pairs
-are joined with the tokenizer's separator token, so a pair is embedded as BERT would read
-``text [SEP] pair`` (sentence-transformers has no pair input for bi-encoders).
+One embedding path for the whole project: :func:`sentence_transformer` loads a preset (or
+folder) as sentence-transformers modules, which tokenize (pairs included) and pool; both
+:class:`Encoder` and the student (:mod:`retrikt.student.model`) run through them.
+
+A text pair goes to the tokenizer as a real pair (``[CLS] text [SEP] pair [SEP]`` with segment
+ids), as BERT-style encoders were pretrained and as the student is fine-tuned. Joining the
+pair into one string instead would lose the segment ids and, worse, truncate from the end: a
+long first text (a BoolQ passage, a MultiRC paragraph) would cut the question or the answer
+off entirely, while pair truncation shortens the longer part. :meth:`Encoder.join` remains
+for the places that need one readable string (store texts, SetFit's inputs).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from retrikt.models import ENCODER, default_model, resolve_model
 from retrikt.tasks import EncoderInput
 
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
 logger = logging.getLogger(__name__)
 
 
+def sentence_transformer(
+    path: str,
+    max_length: int,
+    config_overrides: dict[str, Any] | None = None,
+    local: bool = True,
+) -> SentenceTransformer:
+    """The sentence-transformers model at ``path`` (a plain HF folder gets mean pooling)."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(
+        path, device="cpu", config_kwargs=config_overrides or None, local_files_only=local
+    )
+    model.max_seq_length = max_length
+    return model
+
+
+def as_model_input(item: str | EncoderInput) -> str | tuple[str, str]:
+    """What sentence-transformers takes for one input: a text, or a (text, pair) tuple."""
+    if isinstance(item, str):
+        return item
+    text, pair = item
+    return text if pair is None else (text, pair)
+
+
 class Encoder:
-    """Embed texts or text pairs into normalised vectors with a student encoder preset."""
+    """Embed texts or text pairs into normalised vectors with a student encoder preset.
 
-    def __init__(self, name: str | None = None, max_length: int = 128, device: str = "cpu"):
-        from sentence_transformers import SentenceTransformer
+    Example::
 
-        name = name or default_model(ENCODER)
-        resolved = resolve_model(name, ENCODER)
-        self.model_id = resolved.model_id
-        self.model = SentenceTransformer(
-            resolved.path,
-            device=device,
-            config_kwargs=resolved.config_overrides or None,
-            local_files_only=resolved.preset is not None,
+        Encoder("minilm-l6").encode(["A cat.", ("A premise.", "A hypothesis.")])  # (2, 384)
+    """
+
+    def __init__(self, name: str | None = None, max_length: int = 128):
+        resolved = resolve_model(name or default_model(ENCODER), ENCODER)
+        #: Recorded in store manifests: the store's vectors came from this encoder.
+        self.model_id = resolved.name
+        self.model = sentence_transformer(
+            resolved.path, max_length, resolved.config_overrides, resolved.preset is not None
         )
-        self.model.max_seq_length = max_length
         self.separator = f" {self.model.tokenizer.sep_token or '|'} "
 
     @property
@@ -43,7 +75,7 @@ class Encoder:
         return int(self.model.get_embedding_dimension())
 
     def join(self, item: str | EncoderInput) -> str:
-        """One string per input: a pair becomes ``text [SEP] pair``."""
+        """One readable string per input: a pair becomes ``text [SEP] pair``."""
         if isinstance(item, str):
             return item
         text, pair = item
@@ -55,11 +87,11 @@ class Encoder:
         batch_size: int = 64,
         show_progress_bar: bool = False,
     ) -> np.ndarray:
-        """Embed ``inputs`` as an (n, dim) float32 array of unit vectors."""
+        """Embed texts, or pairs as tokenizer pairs, as (n, dim) float32 unit vectors."""
         if len(inputs) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         vectors = self.model.encode(
-            [self.join(item) for item in inputs],
+            [as_model_input(item) for item in inputs],
             batch_size=batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,

@@ -19,3 +19,7 @@ class ModelFileError(RetriktError):
 
 class StoreError(RetriktError):
     """A knowledge store is missing, truncated, altered, or incompatible with the caller."""
+
+
+class ConfigError(RetriktError, ValueError):
+    """A setting is out of range, misspelt, or not one of its choices; the message names it."""

@@ -55,7 +55,7 @@ class ModelFile:
 class Preset:
     """A model shipped inside PyPI wheels; ``parts`` are joined in order when there are several."""
 
-    name: str
+    name: str  # the preset name, or the path or hub id: what manifests and cache keys record
     kind: str  # GENERATOR or ENCODER
     description: str
     fmt: str  # "hf" (a folder), "gguf", "onnx" or "zip"
@@ -199,16 +199,11 @@ PRESETS: dict[str, Preset] = {
 class ResolvedModel:
     """Where a model's HF folder is, and config overrides to apply when loading it."""
 
-    name: str
+    name: str  # the preset name, or the path or hub id: what manifests and cache keys record
     path: str
     kind: str | None
     config_overrides: dict[str, Any] = field(default_factory=dict)
     preset: Preset | None = None
-
-    @property
-    def model_id(self) -> str:
-        """A stable id for manifests and cache keys (the preset name, or the path/hub id)."""
-        return self.name
 
 
 def cache_dir() -> Path:

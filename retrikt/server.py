@@ -618,7 +618,7 @@ def clip_to_encoder(model: RetriKT, examples: list[dict[str, Any]]) -> list[dict
     overflow windows: one pair of 20,000-character fields took 5 s and 4 GB, four took 34 s
     and 15 GB (2 shared cores). Tokenizing each long field alone is linear.
     """
-    tokenizer = getattr(model, "tokenizer", None)
+    tokenizer = getattr(getattr(model, "encoder", None), "tokenizer", None)
     fields = model.task.fields
     long = [(row, name) for row, ex in enumerate(examples) for name in fields
             if len(ex[name]) > CLIP_ABOVE_CHARS]  # fmt: skip

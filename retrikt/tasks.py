@@ -10,6 +10,12 @@ Data comes from a folder laid out as the official releases (``superglue/CB/train
 ``glue/MRPC/train.tsv``, ...) given by ``--data-dir`` or ``RETRIKT_DATA``; or, with a
 network, from the Hugging Face hub when the source is written ``hub:`` (e.g. ``hub:``
 alone uses the task's default hub dataset).
+
+What makes a task special lives on its :class:`Task` and nowhere else: the student's inputs
+(``inputs``), the store key (``store_key``), the teacher's question (``question``), fields
+limited to a few values (``allowed``), the multiple-choice rules (``choice_fields``,
+``connectives``: COPA's "because"/"so"), WSC's spans and nested records. Code downstream asks
+the task (``task.head``, ``task.is_multi_answer``) instead of testing its name.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import csv
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +42,13 @@ SINGLE, PAIR, MULTIPLE_CHOICE, REGRESSION, MULTI_ANSWER = (
     "multi_answer",
 )
 
+#: The student's head for each kind of task (and how neighbours are mixed into it).
+CLASSIFICATION, CHOICE, SCORE = "classification", "choice", "regression"
+
 Example = dict[str, Any]
 #: One encoder input: a text, or a text pair (second part may be ``None``).
 EncoderInput = tuple[str, str | None]
+InputBuilder = Callable[[Example], list[EncoderInput]]
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,21 @@ class Task:
     #: Natural-language words for each label, used by LLM prompts and generation templates.
     label_words: tuple[str, ...] = ()
     label_range: tuple[float, float] | None = None  # regression only
+    #: What the teacher LLM is asked about an example (default: from the description).
+    question: str = ""
+    #: The student's encoder inputs of an example (default: the first field, paired with the
+    #: second when there is one).
+    inputs: InputBuilder | None = None
+    #: Fields limited to a few values (COPA's question), checked on user input and generation.
+    allowed: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Multiple choice: the fields holding the choices, and the word joining the context to a
+    #: choice for each value of ``question`` (COPA: "because" for a cause, "so" for an effect).
+    choice_fields: tuple[str, ...] = ()
+    connectives: dict[str, str] = field(default_factory=dict)
+    #: Span fields (WSC): ``<span>_text`` must occur in ``text``; ``<span>_index`` is its word.
+    spans: tuple[str, ...] = ()
+    #: A nested object of the official records whose keys are lifted to the top (WSC's target).
+    nested: str | None = None
 
     # ----------------------------------------------------------------- files
     @property
@@ -73,6 +98,26 @@ class Task:
         if self.task_type in (REGRESSION, MULTIPLE_CHOICE):
             return 1
         return len(self.label_names or ())
+
+    @property
+    def head(self) -> str:
+        """The student's head: a distribution over labels or choices, or a score."""
+        if self.task_type == MULTIPLE_CHOICE:
+            return CHOICE
+        return SCORE if self.is_regression else CLASSIFICATION
+
+    @property
+    def is_multi_answer(self) -> bool:
+        """Scored per group of answers (MultiRC's exact match), not per example."""
+        return self.task_type == MULTI_ANSWER
+
+    @property
+    def teacher_question(self) -> str:
+        """What the teacher is asked: ``question``, else the description after its colon."""
+        if self.question:
+            return self.question
+        _, _, question = self.description.partition(": ")
+        return question[:1].upper() + question[1:] if question else self.description
 
     @property
     def num_outputs(self) -> int:
@@ -156,7 +201,7 @@ class Task:
         where = f"hub:{dataset_id or hub_id}/{config}"
         examples = []
         for row in map(dict, rows):
-            if self.task_type == MULTI_ANSWER:  # hub MultiRC rows are already one per answer
+            if self.is_multi_answer:  # hub MultiRC rows are already one per answer
                 row["group"] = (row["idx"]["paragraph"], row["idx"]["question"])
             # Unlabelled hub test rows carry label -1.
             row["label"] = None if row.get("label") == -1 else row.get("label")
@@ -165,10 +210,10 @@ class Task:
 
     # ------------------------------------------------------------ normalising
     def _normalise(self, raw: dict[str, Any], where: str, labelled: bool = False) -> Example:
-        if self.name == "wsc" and "target" in raw:
-            if not isinstance(raw["target"], dict):
-                raise DataError(f"{where}: 'target' must be an object with the spans")
-            raw = {**raw, **raw.pop("target")}
+        if self.nested is not None and self.nested in raw:
+            if not isinstance(raw[self.nested], dict):
+                raise DataError(f"{where}: {self.nested!r} must be an object")
+            raw = {**raw, **raw.pop(self.nested)}
         missing = [f for f in self.fields if f not in raw]
         if missing:
             raise DataError(f"{where}: missing field(s) {', '.join(missing)} for task {self.name}")
@@ -254,29 +299,33 @@ class Task:
                     f"{where}: field {name!r} has {len(value)} characters (max {max_chars})"
                 )
             example[name] = value
-        if self.name == "copa" and example["question"] not in ("cause", "effect"):
-            raise DataError(f"{where}: field 'question' must be 'cause' or 'effect'")
+        for name, values in self.allowed.items():
+            if example[name] not in values:
+                raise DataError(f"{where}: field {name!r} must be {' or '.join(map(repr, values))}")
         example["idx"] = item.get("idx")
         example["label"] = self.parse_label(item.get("label"), where)
         return example
 
     def encoder_inputs(self, example: Example) -> list[EncoderInput]:
         """What the student encodes: one (text, pair) per choice for COPA, else exactly one."""
-        f = example
-        if self.name == "copa":
-            connective = "because" if f["question"] == "cause" else "so"
-            return [(f"{f['premise']} {connective}", f[c]) for c in ("choice1", "choice2")]
-        if self.name == "wic":
-            return [(f"{f['word']}: {f['sentence1']}", f["sentence2"])]
-        if self.name == "wsc":
-            return [(f["text"], f"Does '{f['span2_text']}' refer to '{f['span1_text']}'?")]
-        if self.name == "multirc":
-            return [(f["paragraph"], f"{f['question']} {f['answer']}")]
-        if self.name == "boolq":
-            return [(f["question"], f["passage"])]
-        if len(self.fields) == 1:
-            return [(f[self.fields[0]], None)]
-        return [(f[self.fields[0]], f[self.fields[1]])]
+        if self.inputs is not None:
+            return self.inputs(example)
+        if self.choice_fields:
+            context = f"{example['premise']} {self.connective(example)}"
+            return [(context, example[name]) for name in self.choice_fields]
+        pair = example[self.fields[1]] if len(self.fields) > 1 else None
+        return [(example[self.fields[0]], pair)]
+
+    def connective(self, example: Example) -> str:
+        """The word joining a multiple-choice context to its choices ("because", "so")."""
+        return self.connectives[example["question"]]
+
+    def store_key(self, example: Example) -> EncoderInput:
+        """What a store entry of ``example`` is found by: its first encoder input, or for a
+        multiple-choice task its context alone (a new question shares its situation with a
+        stored one, not its choices)."""
+        text, pair = self.encoder_inputs(example)[0]
+        return (text, None) if self.choice_fields else (text, pair)
 
     def render(self, example: Example) -> str:
         """One readable line for logs, stores and explanations: ``field: value | ...``."""
@@ -299,7 +348,7 @@ class Task:
         golds = [ex["label"] for ex in examples]
         if any(g is None for g in golds):
             raise DataError(f"{self.name}: cannot score a split without gold labels")
-        groups = [ex.get("group") for ex in examples] if self.task_type == MULTI_ANSWER else None
+        groups = [ex.get("group") for ex in examples] if self.is_multi_answer else None
         return metrics.compute(self.metric_names, preds, golds, groups)
 
     def describe_split(self, examples: list[Example]) -> dict[str, Any]:
@@ -410,36 +459,45 @@ TASKS: dict[str, Task] = {
             "copa", "superglue", "COPA", MULTIPLE_CHOICE,
             ("premise", "question", "choice1", "choice2"), ("choice1", "choice2"),
             ("accuracy",), "Choice of Plausible Alternatives: pick the cause or effect.",
-            (_SG, "copa"), label_words=("1", "2"),
+            (_SG, "copa"), label_words=("1", "2"), allowed={"question": ("cause", "effect")},
+            choice_fields=("choice1", "choice2"),
+            connectives={"cause": "because", "effect": "so"},
         ),
         Task(
             "rte", "superglue", "RTE", PAIR, ("premise", "hypothesis"),
             ("entailment", "not_entailment"), ("accuracy",),
             "Recognising Textual Entailment (SuperGLUE release).", (_SG, "rte"),
-            label_words=("yes", "no"),
+            label_words=("yes", "no"), question="Does the premise entail the hypothesis?",
         ),
         Task(
             "wic", "superglue", "WiC", PAIR, ("word", "sentence1", "sentence2"),
             ("False", "True"), ("accuracy",),
             "Words in Context: is the word used in the same sense in both sentences?",
             (_SG, "wic"), label_words=("no", "yes"),
+            inputs=lambda f: [(f"{f['word']}: {f['sentence1']}", f["sentence2"])],
         ),
         Task(
             "wsc", "superglue", "WSC", PAIR, ("text", "span1_text", "span2_text"),
             ("False", "True"), ("accuracy",),
             "Winograd Schema: does the pronoun (span2) refer to the noun phrase (span1)?",
-            (_SG, "wsc.fixed"), label_words=("no", "yes"),
+            (_SG, "wsc.fixed"), label_words=("no", "yes"), spans=("span1", "span2"),
+            nested="target",
+            inputs=lambda f: [
+                (f["text"], f"Does '{f['span2_text']}' refer to '{f['span1_text']}'?")
+            ],
         ),
         Task(
             "boolq", "superglue", "BoolQ", PAIR, ("question", "passage"), ("False", "True"),
             ("accuracy",), "Boolean Questions: answer a yes/no question about a passage.",
             (_SG, "boolq"), label_words=("no", "yes"),
+            question="Based on the passage, is the answer to the question yes or no?",
         ),
         Task(
             "multirc", "superglue", "MultiRC", MULTI_ANSWER,
             ("paragraph", "question", "answer"), ("False", "True"), ("f1a", "exact_match"),
             "Multi-Sentence Reading Comprehension: is each candidate answer correct?",
-            (_SG, "multirc"), label_words=("no", "yes"),
+            (_SG, "multirc"), label_words=("no", "yes"), question="Is the answer correct?",
+            inputs=lambda f: [(f["paragraph"], f"{f['question']} {f['answer']}")],
         ),
         Task(
             "mrpc", "glue", "MRPC", PAIR, ("sentence1", "sentence2"),
@@ -459,19 +517,22 @@ TASKS: dict[str, Task] = {
             ("pearson", "spearman"), "Semantic Textual Similarity: a score from 0 to 5.",
             (_GLUE, "stsb"), columns={"sentence1": "sentence1", "sentence2": "sentence2"},
             label_column="score", label_range=(0.0, 5.0),
+            question="How similar in meaning are the two sentences, from 0 (unrelated) to 5 "
+            "(same)?",
         ),
         Task(
             "glue-rte", "glue", "RTE", PAIR, ("sentence1", "sentence2"),
             ("entailment", "not_entailment"), ("accuracy",),
             "Recognising Textual Entailment (GLUE release).", (_GLUE, "rte"),
             columns={"sentence1": "sentence1", "sentence2": "sentence2"},
-            label_words=("yes", "no"),
+            label_words=("yes", "no"), question="Does the first sentence entail the second?",
         ),
         Task(
             "sst2", "glue", "SST-2", SINGLE, ("sentence",), ("negative", "positive"),
             ("accuracy",), "Stanford Sentiment Treebank: is the sentence positive?",
             (_GLUE, "sst2"), columns={"sentence": "sentence"},
             label_words=("negative", "positive"),
+            question="Is the sentiment of the sentence negative or positive?",
         ),
     ]
 }  # fmt: skip

@@ -2,22 +2,23 @@
 
 The loop is written out rather than delegated to ``transformers.Trainer`` because the
 retrieval objectives need, at every step, the pooled embeddings, the store's keys and values
-and the temperature, which would otherwise hide inside a ``compute_loss`` override.
+and the retrieval temperature, which would otherwise hide inside a ``compute_loss`` override.
 
 **Objectives with a knowledge store** (``retrikt train-student --store S``), summed with
 equal weights; each can be switched off for ablations:
 
 1. *Combined cross-entropy* (``combined_ce``): cross-entropy of the gold label under the
-   combined prediction ``mix * model + (1 - mix) * neighbour vote`` (MSE for regression).
-   It trains the head, the query embeddings and the temperature together for the rule used
-   at inference. Switched off, the gold labels still supervise the model's own prediction.
+   combined prediction ``mix * model + (1 - mix) * neighbour vote`` (MSE for regression;
+   the rule of :mod:`retrikt.retrieval`, with the student's own ``mix``). It trains the head,
+   the query embeddings and the retrieval temperature together for the rule used at
+   inference. Switched off, the gold labels still supervise the model's own prediction.
 2. *Retrieval loss* (``retrieval_loss``): the encoder learns to retrieve. For each training
    input, its ``train_k`` nearest store rows get a target distribution proportional to how
    well their teacher label agrees with the gold label (the teacher's probability of the gold
    class; ``1 - |score - gold| / range`` for regression; for a COPA choice input, ``1 -
    |plausibility - [choice is the answer]|``); the loss is the KL divergence from that target
-   to ``softmax(similarity / temperature)``. Agreement is graded rather than 0/1 so a teacher
-   that was unsure counts for less.
+   to ``softmax(similarity / retrieval temperature)``. Agreement is graded rather than 0/1 so
+   a teacher that was unsure counts for less.
 3. *Distillation* (``distill``): the model's own prediction on a batch of store entries is
    pulled to their teacher soft labels (KL; MSE to the teacher score for regression) - the
    classic transfer of the LLM's knowledge through its generated examples.
@@ -28,10 +29,12 @@ multiply the cost by ``train_k``). A training example that is also in the store 
 task fields) never retrieves itself, which would teach the student to trust a perfect match
 that never occurs on new inputs.
 
-**Choosing k, temperature and mix.** The temperature is a learned parameter. Before training
-a slice of the training split (``tune_fraction``) is held out from the gradient steps; after
-training, ``k``, ``mix`` and a rescaling of the temperature are chosen by grid search to
-minimise the combined prediction's log-loss (MSE for regression) on that slice. The model
+**Choosing k, the retrieval temperature and mix.** The retrieval temperature is a learned
+parameter; ``k`` and ``mix`` are the user's. With ``tune_retrieval`` (``--tune-retrieval``) a
+slice of the training split (``tune_fraction``) is held out from the gradient steps; after
+training, ``k``, ``mix`` and a rescaling of the retrieval temperature are chosen by grid
+search to minimise the combined prediction's log-loss (MSE for regression) on that slice,
+replacing the given ones (the choice is logged and saved in the student's config). The model
 fits its own training examples almost perfectly, so tuning ``mix`` on them would always
 trust the model; validation data is never used.
 """
@@ -45,7 +48,7 @@ import os
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,85 +57,22 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from retrikt.errors import RetriktError
+from retrikt.errors import ConfigError, RetriktError
+from retrikt.retrieval import mix_neighbours, neighbour_logits
 from retrikt.store import KnowledgeStore, StoreEntry
-from retrikt.student import (
-    CHOICE,
-    SCORE,
-    RetriKT,
-    combine,
-    evaluate_model,
-    head_type,
-    neighbour_vote,
-    neighbour_weights,
-    origin_key,
-)
-from retrikt.tasks import Example, Task, get_task
+from retrikt.student import RetriKT, evaluate_model
+from retrikt.student.config import TrainConfig
+from retrikt.tasks import CHOICE, SCORE, Example, Task, get_task
 
 logger = logging.getLogger(__name__)
 
 EVAL_RESULTS = "eval_results.json"
-#: Adam moves a parameter by about its learning rate per step; the log-temperature needs to
-#: move by ~1 within a few hundred steps to matter.
-TEMPERATURE_LR = 1e-2
+#: Adam moves a parameter by about its learning rate per step; the log of the retrieval
+#: temperature needs to move by ~1 within a few hundred steps to matter.
+RETRIEVAL_TEMPERATURE_LR = 1e-2
 TUNE_KS = (1, 2, 4, 8, 16, 32)
 TUNE_MIXES = tuple(round(0.1 * i, 1) for i in range(11))
-TUNE_TEMPERATURE_FACTORS = (0.5, 1.0, 2.0)
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of one training run (saved inside the student's config)."""
-
-    task: str
-    encoder: str = "minilm-l6"
-    epochs: int = 3
-    lr: float = 5e-5
-    #: The head starts from random weights; a larger step lets it catch up within the few
-    #: hundred steps a low-resource task offers (the encoder keeps the small ``lr``).
-    head_lr: float = 1e-3
-    batch_size: int = 16
-    max_length: int = 128
-    seed: int = 0
-    train_limit: int | None = None
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    log_every: int = 20
-    eval_batch_size: int = 32
-    # --- retrieval (used with a store)
-    store: str | None = None
-    k: int = 8  # neighbours at inference before tuning
-    train_k: int = 16  # candidate neighbours per input in the retrieval objectives
-    temperature: float = 0.05  # initial softmax temperature over cosine similarities
-    mix: float = 0.5  # lambda during training; tuned afterwards
-    combined_ce: bool = True
-    retrieval_loss: bool = True
-    distill: bool = True
-    refresh_every: int = 1  # epochs between re-embeddings of the store
-    tune_fraction: float = 0.15  # share of the training examples held out to tune k / mix
-
-    def __post_init__(self) -> None:
-        checks = {
-            "epochs >= 1": self.epochs >= 1,
-            "batch_size >= 1": self.batch_size >= 1,
-            "k >= 1": self.k >= 1,
-            "train_k >= 1": self.train_k >= 1,
-            "temperature > 0": self.temperature > 0,
-            "0 <= mix <= 1": 0 <= self.mix <= 1,
-            "refresh_every >= 1": self.refresh_every >= 1,
-            "0 <= tune_fraction < 1": 0 <= self.tune_fraction < 1,
-        }
-        wrong = [rule for rule, ok in checks.items() if not ok]
-        if wrong:
-            raise RetriktError(f"invalid training settings: need {', '.join(wrong)}")
-
-
-def set_seed(seed: int) -> None:
-    """Seed every generator a run touches (Python, NumPy, torch)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+TUNE_RETRIEVAL_TEMPERATURE_FACTORS = (0.5, 1.0, 2.0)
 
 
 def set_threads(threads: int | None) -> None:
@@ -165,33 +105,29 @@ def split_for_tuning(
 
 
 def length_grouped_batches(
-    lengths: list[int], batch_size: int, rng: np.random.Generator, group: int = 50
+    lengths: list[int], batch_size: int, generator: torch.Generator
 ) -> list[list[int]]:
-    """Shuffled batches of indices whose members have similar lengths.
+    """One epoch of shuffled batches whose members have similar lengths.
 
-    The order is shuffled, cut into chunks of ``group`` batches, each chunk sorted by length
-    and cut into batches, and the batches shuffled again (as ``group_by_length`` does in
-    ``transformers.Trainer``): with dynamic padding this saves 30-40% of the CPU time on tasks
-    whose lengths vary a lot (CB, RTE, MRPC) and keeps batches random enough.
+    ``transformers``' length grouping (what ``group_by_length`` does in its ``Trainer``): with
+    dynamic padding this saves 30-40% of the CPU time on tasks whose lengths vary a lot (CB,
+    RTE, MRPC) and keeps batches random enough.
     """
-    order = rng.permutation(len(lengths))
-    chunk = batch_size * group
-    batches = []
-    for start in range(0, len(order), chunk):
-        part = sorted(order[start : start + chunk], key=lambda i: lengths[i])
-        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    order = get_length_grouped_indices(lengths, batch_size, generator=generator)
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def _optimizer(model: RetriKT, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases, LayerNorms and the temperature (BERT recipe)."""
+    """AdamW without weight decay on biases, LayerNorms and the retrieval temperature."""
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         lr = config.lr if name.startswith("encoder.") else config.head_lr
-        if name == "log_temperature":
-            lr = TEMPERATURE_LR
+        if name == "log_retrieval_temperature":
+            lr = RETRIEVAL_TEMPERATURE_LR
         decay = 0.0 if param.ndim < 2 else config.weight_decay
         groups.setdefault((lr, decay), []).append(param)
     return torch.optim.AdamW(
@@ -205,7 +141,7 @@ def agreement(task: Task, values: torch.Tensor, batch: Sequence[Example]) -> tor
 
     ``values`` is (n_inputs, k, V) as the memory stores them; the result is (n_inputs, k).
     """
-    head = head_type(task)
+    head = task.head
     if head == SCORE:
         low, high = task.label_range or (0.0, 1.0)
         gold = torch.tensor([float(ex["label"]) for ex in batch])[:, None]
@@ -219,57 +155,32 @@ def agreement(task: Task, values: torch.Tensor, batch: Sequence[Example]) -> tor
     return 1 - 0.5 * (values - target[:, None, :]).abs().sum(-1)
 
 
-@dataclass
-class MemoryTensors:
-    """The store rows as training reads them: keys (detached), values and example ids."""
-
-    keys: torch.Tensor  # (M, d)
-    values: torch.Tensor  # (M, V)
-    origins: dict[str, int]  # origin key -> id
-    origin_ids: torch.Tensor  # (M,)
-
-    @classmethod
-    def of(cls, model: RetriKT) -> MemoryTensors:
-        memory = model.memory
-        assert memory is not None
-        origins: dict[str, int] = {}
-        ids = [origins.setdefault(o, len(origins)) for o in memory.origins]
-        return cls(
-            torch.from_numpy(memory.keys),
-            torch.from_numpy(memory.values),
-            origins,
-            torch.tensor(ids),
-        )
-
-
 def retrieval_objectives(
     model: RetriKT,
     pooled: torch.Tensor,
     model_dist: torch.Tensor,
     batch: Sequence[Example],
-    mem: MemoryTensors,
     config: TrainConfig,
 ) -> dict[str, torch.Tensor]:
-    """The combined cross-entropy and the retrieval KL of one batch (see module docstring)."""
+    """The combined cross-entropy and the retrieval KL of one batch (see module docstring).
+
+    The neighbours are searched without gradient (keys are detached), leaving out each
+    input's own example; their similarities are recomputed with gradient for the losses.
+    """
+    memory, retrieval = model.memory, model.config.retrieval
+    assert memory is not None and retrieval is not None
     queries = nn.functional.normalize(pooled, dim=-1)
-    per = len(queries) // len(batch)
-    own = torch.tensor(
-        [mem.origins.get(origin_key(model.task, ex), -1) for ex in batch for _ in range(per)]
-    )
-    k = min(config.train_k, len(mem.keys))
-    with torch.no_grad():
-        scores = queries @ mem.keys.T
-        scores.masked_fill_(mem.origin_ids[None, :] == own[:, None], -torch.inf)
-        top = scores.topk(k, dim=-1)
-    sims = torch.einsum("nd,nkd->nk", queries, mem.keys[top.indices])
-    sims = sims.masked_fill(torch.isinf(top.values), -torch.inf)
-    values = mem.values[top.indices]
+    _, rows = memory.search(queries.detach().numpy(), config.train_k, batch)
+    missing = torch.from_numpy(rows < 0)
+    rows = torch.from_numpy(np.maximum(rows, 0))
+    keys, values = torch.from_numpy(memory.keys), torch.from_numpy(memory.values)
+    sims = torch.einsum("nd,nkd->nk", queries, keys[rows]).masked_fill(missing, -torch.inf)
+    values = values[rows]
     losses: dict[str, torch.Tensor] = {}
     if config.combined_ce:
-        weights = neighbour_weights(sims, model.temperature)
-        found = torch.isfinite(top.values).any(-1)
-        final = combine(model_dist, neighbour_vote(weights, values), found, config.mix,
-                        model.config.head)  # fmt: skip
+        final, _ = mix_neighbours(
+            model_dist, sims, values, model.retrieval_temperature, retrieval.mix, model.config.head
+        )
         if model.config.head == SCORE:
             units = (final.squeeze(-1) - model.score_center) / model.score_scale
             losses["combined"] = nn.functional.mse_loss(units, model.score_units(batch))
@@ -277,12 +188,13 @@ def retrieval_objectives(
             picked = final.gather(1, model.gold(batch)[:, None]).squeeze(1)
             losses["combined"] = -picked.clamp_min(1e-8).log().mean()
     if config.retrieval_loss:
-        agree = agreement(model.task, values, batch).masked_fill(torch.isinf(top.values), 0.0)
+        agree = agreement(model.task, values, batch).masked_fill(missing, 0.0)
         total = agree.sum(-1, keepdim=True)
         usable = total.squeeze(-1) > 0
         if usable.any():
             target = agree[usable] / total[usable]
-            log_p = torch.log_softmax(sims[usable] / model.temperature, dim=-1)
+            logits = neighbour_logits(sims[usable], model.retrieval_temperature)
+            log_p = torch.log_softmax(logits, dim=-1)
             kl = torch.where(target > 0, target * (target.clamp_min(1e-12).log() - log_p), 0.0)
             losses["retrieval"] = kl.sum(-1).mean()
     return losses
@@ -323,6 +235,7 @@ def train(
         optimizer, int(config.warmup_ratio * total), max(total, 1)
     )
     rng = np.random.default_rng(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
     lengths = [len(model.task.render(ex)) for ex in examples]
     distill_order: list[int] = []
     history: list[dict[str, float]] = []
@@ -330,15 +243,14 @@ def train(
     for epoch in range(config.epochs):
         if retrieval and epoch % config.refresh_every == 0:
             model.refresh_keys()
-            mem = MemoryTensors.of(model)
         model.train()
-        for indices in length_grouped_batches(lengths, config.batch_size, rng):
+        for indices in length_grouped_batches(lengths, config.batch_size, generator):
             batch = [examples[i] for i in indices]
             out = model(model.tokenize(batch), len(batch))
             losses = {}
             if retrieval:
                 dist = model.distribution(out.outputs)
-                losses = retrieval_objectives(model, out.pooled, dist, batch, mem, config)
+                losses = retrieval_objectives(model, out.pooled, dist, batch, config)
             if "combined" not in losses:
                 losses["task"] = model.task_loss(out.outputs, batch)
             if distill:
@@ -371,7 +283,8 @@ def train(
 
 
 def tune_retrieval(model: RetriKT, examples: Sequence[Example]) -> dict[str, Any]:
-    """Choose k, mix and the temperature scale on held-out training examples (in place).
+    """Choose k, mix and the retrieval temperature's scale on held-out training examples
+    (in place; they replace the student's own).
 
     Minimises the combined prediction's log-loss (MSE for regression); ties go to the
     first setting in the grid (fewer neighbours, less weight on them).
@@ -380,7 +293,7 @@ def tune_retrieval(model: RetriKT, examples: Sequence[Example]) -> dict[str, Any
     assert retrieval is not None and memory is not None
     ks = [k for k in TUNE_KS if k <= len(memory)] or [len(memory)]
     raw = model.raw_outputs(examples, k=max(ks), exclude_own=True)
-    base = model.temperature.item()
+    base = model.retrieval_temperature.item()
     gold = np.array([ex["label"] for ex in examples], dtype=np.float64)
 
     def loss(final: np.ndarray) -> float:
@@ -391,15 +304,16 @@ def tune_retrieval(model: RetriKT, examples: Sequence[Example]) -> dict[str, Any
 
     grid = []
     for k in ks:
-        for factor in TUNE_TEMPERATURE_FACTORS:
+        for factor in TUNE_RETRIEVAL_TEMPERATURE_FACTORS:
             for mix in reversed(TUNE_MIXES):  # ties prefer trusting the model
-                final, _ = model.combined(raw, k=k, temperature=base * factor, mix=mix)
+                final, _ = model.combined(raw, k=k, retrieval_temperature=base * factor, mix=mix)
                 grid.append((loss(final), k, factor, mix))
     best = min(grid, key=lambda g: g[0])
     _, k, factor, mix = best
+    given = {"k": retrieval.k, "mix": retrieval.mix}
     retrieval.k, retrieval.mix = k, mix
     with torch.no_grad():
-        model.log_temperature += math.log(factor)
+        model.log_retrieval_temperature += math.log(factor)
     model_only = loss(raw.model)
     neighbours_only = min(g[0] for g in grid if g[3] == 0.0)
     retrieval.tuning = {
@@ -407,16 +321,19 @@ def tune_retrieval(model: RetriKT, examples: Sequence[Example]) -> dict[str, Any
         "objective": "mse" if model.task.is_regression else "log_loss",
         "k": k,
         "mix": mix,
-        "temperature": round(base * factor, 6),
-        "learned_temperature": round(base, 6),
+        "retrieval_temperature": round(base * factor, 6),
+        "learned_retrieval_temperature": round(base, 6),
+        "given": given,
         "loss": round(best[0], 6),
         "model_only_loss": round(model_only, 6),
         "neighbours_only_loss": round(neighbours_only, 6),
     }
     logger.info(
-        "tuned on %d held-out training examples: k %d, mix %.1f, temperature %.4f "
-        "(loss %.4f; model alone %.4f, neighbours alone %.4f)",
-        len(examples), k, mix, base * factor, best[0], model_only, neighbours_only,
+        "--tune-retrieval chose on %d held-out training examples: k %d (given %d), mix %.1f "
+        "(given %.2f), retrieval temperature %.4f (learned %.4f); loss %.4f, model alone "
+        "%.4f, neighbours alone %.4f",
+        len(examples), k, given["k"], mix, given["mix"], base * factor, base, best[0],
+        model_only, neighbours_only,
     )  # fmt: skip
     return retrieval.tuning
 
@@ -437,7 +354,11 @@ def train_student(
 ) -> TrainResult:
     """Train a student for ``config.task`` (with ``config.store``: the RetriKT student), save
     it to ``out`` and score it on ``eval_split``, writing ``out/eval_results.json``."""
+    from transformers import set_seed
+
     task: Task = get_task(config.task)
+    if config.tune_retrieval and config.store is None:
+        raise ConfigError("--tune-retrieval tunes retrieval: give a --store to retrieve from")
     set_seed(config.seed)
     train_examples = subsample(task.read("train", data_dir), config.train_limit)
     eval_examples = task.read(eval_split, data_dir)
@@ -447,18 +368,19 @@ def train_student(
     tune_examples: list[Example] = []
     if config.store is not None:
         source = KnowledgeStore.open(config.store)
-        model.attach_store(source, k=config.k, mix=config.mix, temperature=config.temperature)
+        model.attach_store(source, config.k, config.mix, config.retrieval_temperature)
         store_entries = source.entries()
-        train_examples, tune_examples = split_for_tuning(
-            train_examples, config.tune_fraction, config.seed
-        )
+        if config.tune_retrieval:
+            train_examples, tune_examples = split_for_tuning(
+                train_examples, config.tune_fraction, config.seed
+            )
     logger.info(
         "training %s on %d %s examples%s (%d epochs, batch %d, max_length %d, seed %d)",
         config.encoder, len(train_examples), task.name,
         f" with a store of {len(store_entries)} entries" if config.store else "",
         config.epochs, config.batch_size, config.max_length, config.seed,
     )  # fmt: skip
-    model.config.training = asdict(config)
+    model.config.training = config.to_dict()
     history = train(model, train_examples, config, store_entries)
     if tune_examples:
         tune_retrieval(model, tune_examples)
@@ -475,7 +397,7 @@ def train_student(
         train_examples=len(train_examples),
         tune_examples=len(tune_examples),
         train_seconds=round(seconds, 1),
-        config=asdict(config),
+        config=config.to_dict(),
     )
     return TrainResult(model, metrics, history, seconds)
 

@@ -10,8 +10,11 @@ from test_build_store import _record
 import retrikt.generator.build as build
 from retrikt.errors import RetriktError
 from retrikt.generator.build import BuildConfig, empty_build_reason
+from retrikt.generator.sampler import SamplingConfig
 
-CONFIG = BuildConfig(task="cb", data_dir=None, out="unused", rl="none", max_new_tokens=96)
+CONFIG = BuildConfig(
+    task="cb", data_dir=None, out="unused", rl="none", sampling=SamplingConfig(max_new_tokens=96)
+)
 STATS = {"valid": 0, "duplicates": 0}
 
 

@@ -13,21 +13,19 @@ import pytest
 import torch
 
 from retrikt.generator.generation import (
-    RowSeededSampler,
-    SamplingConfig,
-    generate_batch,
     job_seed,
     plan_jobs,
     read_generations,
     run_generation,
     shard_info,
 )
+from retrikt.generator.sampler import RowSeededSampler, Sampler, SamplingConfig
 from retrikt.generator.templates import generation_prompt, label_options
 from retrikt.models import GENERATOR, resolve_model
 from retrikt.tasks import get_task
 
 CB = get_task("cb")
-CONFIG = SamplingConfig(max_new_tokens=6, batch_size=3, seed=7)
+CONFIG = SamplingConfig(max_new_tokens=6, batch_size=3, seed=7, temperature=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +43,7 @@ def tiny_lm():
         num_key_value_heads=2,
         max_position_embeddings=256,
     )
-    return LlamaForCausalLM(config).eval(), tokenizer
+    return Sampler(LlamaForCausalLM(config).eval(), tokenizer, CONFIG)
 
 
 def _jobs(samples: int = 4):
@@ -82,13 +80,13 @@ def test_a_rows_noise_depends_only_on_its_seed():
 
 
 def test_a_jobs_output_does_not_depend_on_its_batch(tiny_lm):
-    model, tokenizer = tiny_lm
     prompt = generation_prompt(CB, 0)
-    batch = generate_batch(model, tokenizer, [prompt] * 3, [1, 2, 3], CONFIG)
-    alone = generate_batch(model, tokenizer, [prompt], [3], CONFIG)
-    assert batch[2] == alone[0]
-    assert len({text for text, _ in batch}) == 3
-    assert all(n == CONFIG.max_new_tokens for _, n in batch)
+    batch = tiny_lm.sample([prompt] * 3, [1, 2, 3])
+    alone = tiny_lm.sample([prompt], [3])
+    assert batch.texts[2] == alone.texts[0]
+    assert torch.allclose(batch.logprobs[2], alone.logprobs[0], atol=1e-5)
+    assert len(set(batch.texts)) == 3
+    assert batch.lengths == [CONFIG.max_new_tokens] * 3
 
 
 class Killed(Exception):
@@ -96,10 +94,9 @@ class Killed(Exception):
 
 
 def test_resume_after_a_kill_loses_and_duplicates_nothing(tiny_lm, tmp_path):
-    model, tokenizer = tiny_lm
     jobs = _jobs(4)  # 12 jobs, 4 batches of 3
     reference = tmp_path / "reference"
-    run_generation(model, tokenizer, jobs, CONFIG, reference)
+    run_generation(tiny_lm, jobs, reference)
     expected = {r["id"]: r["text"] for r in read_generations(reference)}
     assert len(expected) == 12
 
@@ -112,14 +109,14 @@ def test_resume_after_a_kill_loses_and_duplicates_nothing(tiny_lm, tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        run_generation(model, tokenizer, jobs, CONFIG, work, annotate=kill_on_third_batch)
+        run_generation(tiny_lm, jobs, work, annotate=kill_on_third_batch)
     shard = work / "generations.rank0.jsonl"
     with shard.open("a") as fh:  # a write torn by the kill
         fh.write('{"id": "cb-L2-000003", "te')
     assert len(read_generations(work)) == 6
 
     seen = []
-    run_generation(model, tokenizer, jobs, CONFIG, work, annotate=lambda rs: seen.extend(rs))
+    run_generation(tiny_lm, jobs, work, annotate=lambda rs: seen.extend(rs))
     assert len(seen) == 6  # only the missing jobs were generated
     lines = shard.read_text().splitlines()
     assert len(lines) == 12 and all(json.loads(line) for line in lines)
@@ -127,17 +124,16 @@ def test_resume_after_a_kill_loses_and_duplicates_nothing(tiny_lm, tmp_path):
 
 
 def test_shards_split_the_jobs_and_merge_into_the_same_set(tiny_lm, tmp_path):
-    model, tokenizer = tiny_lm
     jobs = _jobs(3)
     for rank in (0, 1):
-        run_generation(model, tokenizer, jobs, CONFIG, tmp_path / "sharded", rank=rank, world=2)
+        run_generation(tiny_lm, jobs, tmp_path / "sharded", rank=rank, world=2)
     shards = sorted((tmp_path / "sharded").glob("*.jsonl"))
     assert [p.name for p in shards] == ["generations.rank0.jsonl", "generations.rank1.jsonl"]
     ids = [{json.loads(line)["id"] for line in p.read_text().splitlines()} for p in shards]
     assert not ids[0] & ids[1]
     merged = read_generations(tmp_path / "sharded")
     assert [r["id"] for r in merged] == [j.id for j in jobs]
-    run_generation(model, tokenizer, jobs, CONFIG, tmp_path / "single")
+    run_generation(tiny_lm, jobs, tmp_path / "single")
     assert {r["id"]: r["text"] for r in merged} == {
         r["id"]: r["text"] for r in read_generations(tmp_path / "single")
     }
@@ -168,5 +164,5 @@ def test_soft_prompt_trains_on_targets_and_generates(tmp_path):
     assert (out / "adapter_config.json").is_file()
     policy, tokenizer = load_policy("smollm2-135m", out)
     assert type(policy).__name__.startswith("Peft")
-    texts = generate_batch(policy, tokenizer, [generation_prompt(CB, 1)] * 2, [1, 2], CONFIG)
-    assert all(0 < n <= CONFIG.max_new_tokens for _, n in texts)
+    samples = Sampler(policy, tokenizer, CONFIG).sample([generation_prompt(CB, 1)] * 2, [1, 2])
+    assert all(0 < n <= CONFIG.max_new_tokens for n in samples.lengths)

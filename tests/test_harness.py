@@ -8,20 +8,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from store_helpers import labelled_store
 
-from retrikt import harness, training
+from retrikt import training
+from retrikt.cache import ArtefactCache, key
+from retrikt.cli import evaluate
 from retrikt.encoder import Encoder
-from retrikt.harness import (
-    SCALES,
-    HarnessConfig,
-    KnnOnly,
-    KnnVote,
-    StudentMethod,
-    config_hash,
-    run_harness,
-    summarise,
-)
-from retrikt.student import CHOICE_FIELD, Memory, labelled_store
+from retrikt.errors import RetriktError
+from retrikt.harness.artefacts import TaskContext
+from retrikt.harness.knn import KnnVote
+from retrikt.harness.methods import METHODS, KnnOnly, StudentMethod
+from retrikt.harness.report import _params, summarise
+from retrikt.harness.running import run_harness
+from retrikt.harness.scales import SCALES, HarnessConfig
+from retrikt.student.memory import CHOICE_FIELD, Memory
 from retrikt.tasks import get_task
 
 ENCODER = "minilm-l6:2"  # two layers of MiniLM: real weights, a fraction of the time
@@ -206,31 +206,24 @@ def test_summary_marks_missing_and_partial_runs():
 
 def test_cache_keys_hold_what_each_method_depends_on(tmp_path, data_dir, cb_store):
     """The LLM's result survives a change of student encoder; the student's does not."""
-    cache = harness.ArtifactCache(tmp_path)
+    cache = ArtefactCache(tmp_path)
 
-    def key(method: str, **changes) -> str:
-        ctx = harness.TaskContext(
-            _config(tmp_path, data_dir, cb_store, **changes), cache, get_task("cb")
-        )
-        return config_hash(harness.METHODS[method].spec(ctx, 0))
+    def method_key(method: str, **changes) -> str:
+        ctx = TaskContext(_config(tmp_path, data_dir, cb_store, **changes), cache, get_task("cb"))
+        return key(METHODS[method].spec(ctx, 0))
 
     other_encoder = {"encoder": "minilm-l6:3"}
-    assert key("llm-zeroshot") == key("llm-zeroshot", **other_encoder)
-    assert key("student-ft") != key("student-ft", **other_encoder)
-    assert key("student-ft") != key("student-ft", scale=replace(TINY, epochs=3))
-    assert key("knn-only") == key("knn-only", scale=replace(TINY, epochs=3))
+    assert method_key("llm-zeroshot") == method_key("llm-zeroshot", **other_encoder)
+    assert method_key("student-ft") != method_key("student-ft", **other_encoder)
+    assert method_key("student-ft") != method_key("student-ft", scale=replace(TINY, epochs=3))
+    assert method_key("knn-only") == method_key("knn-only", scale=replace(TINY, epochs=3))
     # Without a given store, a student that learns from one depends on how it is built.
     built = {"stores": {}}
-    assert key("retrikt", **built) != key(
+    assert method_key("retrikt", **built) != method_key(
         "retrikt", **built, scale=replace(TINY, samples_per_label=8)
     )
-    ctx = harness.TaskContext(_config(tmp_path, data_dir, cb_store, **built), cache, get_task("cb"))
+    ctx = TaskContext(_config(tmp_path, data_dir, cb_store, **built), cache, get_task("cb"))
     assert ctx.store_spec("ppo") != ctx.store_spec("none")  # RL or not: two stores
-
-
-def test_config_hash_ignores_key_order_and_sees_values():
-    assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
-    assert config_hash({"a": 1}) != config_hash({"a": 2})
 
 
 def test_cli_arguments_build_the_config(tmp_path):
@@ -238,7 +231,7 @@ def test_cli_arguments_build_the_config(tmp_path):
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--data-dir")
-    harness.add_arguments(parser)
+    evaluate.add_harness_arguments(parser)
     args = parser.parse_args(
         [
             "--tasks",
@@ -255,17 +248,17 @@ def test_cli_arguments_build_the_config(tmp_path):
             f"cb={tmp_path}",
         ]
     )
-    config = harness.config_from_args(args)
+    config = evaluate.harness_config(args)
     assert config.tasks == ["cb", "stsb"] and config.seeds == [0, 2]
     assert config.scale.train_limit == 8 and config.scale.name == "demo*"
     assert config.stores == {"cb": tmp_path}
-    with pytest.raises(harness.RetriktError, match="TASK=DIR"):
-        harness.config_from_args(
+    with pytest.raises(RetriktError, match="TASK=DIR"):
+        evaluate.harness_config(
             parser.parse_args(["--tasks", "cb", "--name", "x", "--store", "cb"])
         )
 
 
 def test_parameter_counts_that_print_alike_are_shown_once():
-    assert harness._params({22_713_603, 22_713_219}) == "22.7M"
-    assert harness._params({22_713_603, 17_390_000}) == "17.4M/22.7M"
-    assert harness._params(set()) == "—"
+    assert _params({22_713_603, 22_713_219}) == "22.7M"
+    assert _params({22_713_603, 17_390_000}) == "17.4M/22.7M"
+    assert _params(set()) == "—"

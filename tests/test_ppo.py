@@ -11,7 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retrikt.generator.ppo import PPOConfig, PPOTrainer, gae
+from retrikt.generator.ppo import PPOTrainer, RLConfig, gae, group_advantages
+from retrikt.generator.sampler import SamplingConfig
+from retrikt.generator.templates import END
 
 TARGET = "w5"
 WORDS = [f"w{i}" for i in range(21)]
@@ -74,15 +76,23 @@ def toy_policy(seed: int = 0):
 def toy_reward(completions: list[str], labels: list) -> list[dict[str, float]]:
     scores = []
     for text in completions:
-        words = text.split()
+        words = [w for w in text.split() if w != END]  # the sampler marks a finished text
         share = sum(w == TARGET for w in words) / len(words) if words else 0.0
         scores.append({"total": share, "target": share})
     return scores
 
 
-def toy_config(**overrides) -> PPOConfig:
-    settings = dict(steps=40, batch_size=16, mini_batch_size=8, max_new_tokens=8, lr=0.03)
-    return PPOConfig(**{**settings, **overrides})
+#: The full distribution (temperature 1, no nucleus), 8 words per completion.
+TOY_SAMPLING = SamplingConfig(max_new_tokens=8, temperature=1.0, top_p=1.0)
+
+
+def toy_config(**overrides) -> RLConfig:
+    settings = dict(steps=40, batch_size=16, mini_batch_size=8, lr=0.03)
+    return RLConfig(**{**settings, **overrides})
+
+
+def toy_trainer(config: RLConfig, seed: int = 0) -> PPOTrainer:
+    return PPOTrainer(toy_policy(seed), toy_tokenizer(), toy_reward, config, TOY_SAMPLING)
 
 
 def test_gae_matches_hand_computation():
@@ -105,7 +115,7 @@ def test_gae_matches_hand_computation():
 
 @pytest.mark.usefixtures("one_thread")
 def test_ppo_raises_toy_reward_and_keeps_kl_bounded():
-    trainer = PPOTrainer(toy_policy(), toy_tokenizer(), toy_reward, toy_config(kl_coef=0.05))
+    trainer = toy_trainer(toy_config(kl_coef=0.05))
     history = trainer.train(PROMPTS, LABELS)
     for key in ("reward", "reward/target", "kl", "policy_loss", "value_loss", "clipfrac"):
         assert all(key in row for row in history)
@@ -121,9 +131,7 @@ def test_ppo_raises_toy_reward_and_keeps_kl_bounded():
 @pytest.mark.usefixtures("one_thread")
 def test_kl_penalty_holds_the_policy_near_the_reference():
     def final_kl(kl_coef: float) -> float:
-        trainer = PPOTrainer(
-            toy_policy(), toy_tokenizer(), toy_reward, toy_config(steps=25, kl_coef=kl_coef)
-        )
+        trainer = toy_trainer(toy_config(steps=25, kl_coef=kl_coef))
         history = trainer.train(PROMPTS, LABELS)
         return sum(row["kl"] for row in history[-5:]) / 5
 
@@ -137,4 +145,27 @@ def test_only_prompt_tuning_policies_are_accepted():
         toy_base(), LoraConfig(task_type=TaskType.CAUSAL_LM, target_modules=["q_proj"])
     )
     with pytest.raises(ValueError, match="prompt-tuning"):
-        PPOTrainer(lora, toy_tokenizer(), toy_reward, toy_config())
+        PPOTrainer(lora, toy_tokenizer(), toy_reward, toy_config(), TOY_SAMPLING)
+
+
+def test_group_advantages_are_centred_and_scaled_per_group():
+    adv = group_advantages(torch.tensor([1.0, 3.0, 10.0, 10.0]), group=2)
+    assert torch.allclose(adv[:2], torch.tensor([-1.0, 1.0]) / (2**0.5 + 1e-4))
+    assert torch.equal(adv[2:], torch.zeros(2))  # a group that agrees teaches nothing
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_grpo_raises_toy_reward_without_a_value_head():
+    config = toy_config(advantage="group", num_generations=4, steps=30, kl_coef=0.02)
+    history = toy_trainer(config).train(PROMPTS, LABELS)
+    assert all("kl_loss" in row and "value_loss" not in row for row in history)
+    start = sum(row["reward"] for row in history[:5]) / 5
+    end = sum(row["reward"] for row in history[-5:]) / 5
+    assert start < 0.2 and end > 0.5, (start, end)
+
+
+def test_grpo_batch_must_hold_whole_groups():
+    from retrikt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="multiple of num_generations"):
+        toy_config(advantage="group", batch_size=6, num_generations=4)

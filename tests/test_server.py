@@ -16,11 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from store_helpers import labelled_store
 
 from retrikt.cli import main
 from retrikt.errors import ModelFileError
 from retrikt.server import create_app
-from retrikt.student import RetriKT, labelled_store
+from retrikt.student import RetriKT
 from retrikt.tasks import TASKS, get_task
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,7 +11,8 @@ import pytest
 pytest.importorskip("setfit")
 
 from retrikt.errors import RetriktError  # noqa: E402
-from retrikt.harness import SCALES, HarnessConfig, run_harness  # noqa: E402
+from retrikt.harness.running import run_harness  # noqa: E402
+from retrikt.harness.scales import SCALES, HarnessConfig  # noqa: E402
 from retrikt.setfit_baseline import SetFitBaseline, SetFitConfig, setfit_targets  # noqa: E402
 from retrikt.tasks import get_task  # noqa: E402
 

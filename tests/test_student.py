@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import json
-import math
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from store_helpers import labelled_store
 
-from retrikt.errors import DataError, ModelFileError, StoreError
+from retrikt.errors import ConfigError, DataError, ModelFileError, StoreError
 from retrikt.store import KnowledgeStore, StoreEntry
-from retrikt.student import (
-    CHOICE,
-    CLASSIFICATION,
-    SCORE,
-    RetriKT,
-    combine,
-    evaluate_model,
-    labelled_store,
-    memory_rows,
-    neighbour_vote,
-    neighbour_weights,
-)
-from retrikt.tasks import get_task
+from retrikt.student import RetriKT, evaluate_model
+from retrikt.student.memory import memory_rows
+from retrikt.tasks import CHOICE, CLASSIFICATION, SCORE, get_task
 
 TINY = "minilm-l6:1"  # one transformer layer: real weights, fast
 
@@ -77,54 +68,7 @@ def cb_store(tmp_path_factory):
     return labelled_store(get_task("cb"), cb_examples(), tmp_path_factory.mktemp("s") / "cb")
 
 
-# ------------------------------------------------------------------ combination rule
-def test_combination_rule_classification_by_hand():
-    # sims / T differ by ln 3, so the weights are 3/4 and 1/4; the third neighbour is missing.
-    temperature = 0.1
-    sims = torch.tensor([[0.5 + temperature * math.log(3), 0.5, -math.inf]])
-    values = torch.tensor([[[1.0, 0.0, 0.0], [0.2, 0.4, 0.4], [0.0, 0.0, 1.0]]])
-    weights = neighbour_weights(sims, temperature)
-    assert weights.tolist()[0] == pytest.approx([0.75, 0.25, 0.0])
-    vote = neighbour_vote(weights, values)  # 0.75 * [1, 0, 0] + 0.25 * [.2, .4, .4]
-    assert vote.tolist()[0] == pytest.approx([0.8, 0.1, 0.1])
-    model = torch.tensor([[0.2, 0.6, 0.2]])
-    final = combine(model, vote, torch.tensor([True]), 0.5, CLASSIFICATION)
-    assert final.tolist()[0] == pytest.approx([0.5, 0.35, 0.15])
-    final = combine(model, vote, torch.tensor([True]), 0.25, CLASSIFICATION)
-    assert final.tolist()[0] == pytest.approx([0.65, 0.225, 0.125])
-
-
-def test_combination_rule_regression_by_hand():
-    temperature = 0.05
-    sims = torch.tensor([[0.8 + temperature * math.log(3), 0.8]])
-    vote = neighbour_vote(neighbour_weights(sims, temperature), torch.tensor([[[4.0], [2.0]]]))
-    assert vote.item() == pytest.approx(3.5)  # 0.75 * 4 + 0.25 * 2
-    final = combine(torch.tensor([[1.5]]), vote, torch.tensor([True]), 0.5, SCORE)
-    assert final.item() == pytest.approx(2.5)
-
-
-def test_combination_rule_copa_per_choice_by_hand():
-    temperature = 0.1
-    # Choice 1's input: plausibilities 0.9 and 0.5 weighted 3/4, 1/4 -> 0.8.
-    # Choice 2's input: plausibilities 0.1 and 0.3 at equal similarity -> 0.2.
-    sims = torch.tensor([[0.6 + temperature * math.log(3), 0.6], [0.4, 0.4]])
-    values = torch.tensor([[[0.9], [0.5]], [[0.1], [0.3]]])
-    vote = neighbour_vote(neighbour_weights(sims, temperature), values)
-    assert vote.squeeze(-1).tolist() == pytest.approx([0.8, 0.2])
-    model = torch.tensor([[0.4, 0.6]])
-    final = combine(model, vote, torch.tensor([True, True]), 0.5, CHOICE)
-    # vote over choices: [0.8, 0.2] / 1.0; final = 0.5 * [.4, .6] + 0.5 * [.8, .2]
-    assert final.tolist()[0] == pytest.approx([0.6, 0.4])
-
-
-def test_combination_without_neighbours_keeps_the_model():
-    model = torch.tensor([[0.3, 0.7], [0.9, 0.1]])
-    sims = torch.full((2, 3), -math.inf)
-    vote = neighbour_vote(neighbour_weights(sims, 0.1), torch.ones(2, 3, 2))
-    final = combine(model, vote, torch.tensor([False, False]), 0.2, CLASSIFICATION)
-    assert torch.allclose(final, model)
-
-
+# ------------------------------------------------------------------------ memory
 def test_copa_store_rows_hold_one_key_per_choice():
     task = get_task("copa")
     ex = copa_examples()[0]
@@ -232,7 +176,7 @@ def test_loading_a_broken_folder_says_what_is_missing(tmp_path):
 
 def test_retrieval_round_trip_identical_predictions_and_neighbours(tmp_path, cb_store):
     model = RetriKT.from_encoder("cb", TINY, max_length=48)
-    model.attach_store(cb_store, k=3, mix=0.4, temperature=0.1)
+    model.attach_store(cb_store, k=3, mix=0.4, retrieval_temperature=0.1)
     model.refresh_keys()
     items = [["The dog sat on the mat.", "The dog was on the mat."], ["It rains.", "It is dry."]]
     before = model.predict(items)
@@ -309,3 +253,39 @@ def test_evaluate_model_scores_with_official_metrics():
     assert set(metrics) == {"accuracy", "macro_f1"}
     preds = model.predict_examples(cb_examples()).argmax(-1)
     assert metrics["accuracy"] == pytest.approx(np.mean(preds == [y for *_, y in CB]))
+
+
+def test_config_json_records_versions_and_unknown_keys_are_refused(tmp_path):
+    model = RetriKT.from_encoder("cb", TINY, max_length=32)
+    model.save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert {"retrikt", "torch", "transformers", "sentence-transformers"} <= set(config["versions"])
+    config["temperatur"] = 0.1  # a typo, or a key from a newer RetriKT
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="unknown StudentConfig keys temperatur"):
+        RetriKT.from_pretrained(tmp_path / "m")
+
+
+def test_a_format_1_folder_still_loads(tmp_path, cb_store):
+    """Version 1 saved the encoder as a plain HF folder and the temperature as log_temperature."""
+    from safetensors.torch import load_file, save_file
+
+    model = RetriKT.from_encoder("cb", TINY, max_length=32)
+    model.attach_store(cb_store, k=2, retrieval_temperature=0.2)
+    model.refresh_keys()
+    model.save_pretrained(tmp_path / "m")
+    items = [["It rains.", "It is dry."]]
+    before = model.predict(items)[0].probs
+    head = load_file(tmp_path / "m" / "head.safetensors")
+    head["log_temperature"] = head.pop("log_retrieval_temperature")
+    save_file(head, tmp_path / "m" / "head.safetensors")
+    encoder = tmp_path / "m" / "encoder"
+    for name in ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"):
+        (encoder / name).unlink()
+    shutil.rmtree(encoder / "1_Pooling")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    del config["versions"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "format_version": 1}))
+    loaded = RetriKT.from_pretrained(tmp_path / "m")
+    assert loaded.retrieval_temperature.item() == pytest.approx(0.2)
+    assert loaded.predict(items)[0].probs == pytest.approx(before, abs=1e-6)

@@ -24,6 +24,7 @@ _COMMAND_MODULES = [
     "store",
     "models",
     "tasks",
+    "doctor",
 ]
 
 

@@ -5,18 +5,31 @@ Two forms share the command because they answer the same question at two sizes:
 - ``--model DIR --task T``: score one student folder on a split and print the metrics;
 - ``--tasks T1,T2 --methods ... --seeds ... --name NAME``: the harness
   (:mod:`retrikt.harness`), which trains and scores RetriKT and its baselines per task and seed
-  and writes ``experiments/results/NAME.md/.json/.png``.
+  and writes ``experiments/results/NAME.md/.json/.png``. Its settings are generated from
+  :class:`~retrikt.harness.scales.HarnessConfig` and, as overrides of the scale preset, from
+  :class:`~retrikt.harness.scales.Scale`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from retrikt.config import add_arguments, from_args
 from retrikt.errors import RetriktError
+from retrikt.harness.methods import METHODS
+from retrikt.harness.scales import SCALES, HarnessConfig, Scale
+from retrikt.tasks import get_task
+
+#: Scale fields that are not flags: the preset's name, and the batch size (``--batch-size``
+#: is the scoring batch of the --model form).
+_NOT_SCALE_FLAGS = ("name", "batch_size")
 
 EPILOG = """\
 examples:
@@ -30,8 +43,6 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from retrikt import harness
-
     sub = subparsers.add_parser(
         "evaluate",
         help="score a student, or run the RetriKT-vs-baselines harness over tasks and seeds",
@@ -64,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("json", "table"),
         help="what to print: JSON (default for one model) or a Markdown table (for several)",
     )
-    harness.add_arguments(sub.add_argument_group("the harness (--tasks)"))
+    add_harness_arguments(sub.add_argument_group("the harness (--tasks)"))
     sub.set_defaults(func=run)
 
 
@@ -72,9 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model and args.tasks:
         raise RetriktError("give either --model (one student) or --tasks (the harness), not both")
     if args.tasks:
-        from retrikt import harness
-
-        return harness.run(args)
+        return run_harness(args)
     if not args.model:
         raise RetriktError(
             "nothing to evaluate: give --model DIR (one student) or --tasks T1,T2 --name NAME "
@@ -133,3 +142,92 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
         retrieval = "yes" if r["retrieval"] else "no"
         lines.append(f"| {r['model']} | {retrieval} | {scores} | {r['examples_per_s']} |")
     return "\n".join(lines)
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def add_harness_arguments(parser: argparse._ActionsContainer) -> None:
+    """The multi-task options of ``retrikt evaluate`` (the harness form)."""
+    parser.add_argument("--tasks", help="comma-separated tasks, e.g. cb,copa,rte,mrpc,cola,stsb")
+    parser.add_argument(
+        "--methods",
+        default="student-ft,knn-only,setfit",
+        help=f"comma-separated methods among: {', '.join(METHODS)}",
+    )
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
+    parser.add_argument(
+        "--scale",
+        choices=sorted(SCALES),
+        default="demo",
+        help="data and compute per run (stated in the results file); the flags below that "
+        "name a scale setting override the preset",
+    )
+    add_arguments(parser, HarnessConfig)
+    parser.add_argument(
+        "--store",
+        action="append",
+        default=[],
+        metavar="TASK=DIR",
+        help="use this ready-made store for TASK instead of building one",
+    )
+    add_arguments(parser, Scale, exclude=_NOT_SCALE_FLAGS)
+
+
+def harness_config(args: argparse.Namespace) -> HarnessConfig:
+    """The harness run the flags describe (the scale preset with the overrides given)."""
+    if not args.tasks or not getattr(args, "name", None):
+        raise RetriktError("the multi-task form of 'retrikt evaluate' needs --tasks and --name")
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in fields(Scale)
+        if f.name not in _NOT_SCALE_FLAGS and hasattr(args, f.name)
+    }
+    stores = {}
+    for item in args.store:
+        task, sep, path = item.partition("=")
+        if not sep or not path:
+            raise RetriktError(f"--store expects TASK=DIR, got {item!r}")
+        stores[get_task(task).name] = Path(path)
+    try:
+        seeds = [int(s) for s in _csv(args.seeds)]
+    except ValueError:
+        raise RetriktError(
+            f"--seeds must be comma-separated integers, got {args.seeds!r}"
+        ) from None
+    scale = SCALES[args.scale]
+    return from_args(
+        HarnessConfig,
+        args,
+        tasks=[get_task(t).name for t in _csv(args.tasks)],
+        methods=_csv(args.methods),
+        seeds=seeds,
+        scale=replace(scale, name=f"{scale.name}*" if overrides else scale.name, **overrides),
+        stores=stores,
+        command=_command_line(),
+    )
+
+
+def _command_line() -> str:
+    """The command as typed, for the head of the results file."""
+    program = Path(sys.argv[0])
+    if program.name == "retrikt":
+        head = ["retrikt"]
+    elif program.name == "__main__.py":
+        head = ["python", "-m", program.parent.name]
+    else:
+        head = ["python", str(program)]
+    return shlex.join(head + sys.argv[1:])
+
+
+def run_harness(args: argparse.Namespace) -> int:
+    """The multi-task ``retrikt evaluate``: 0 if every run succeeded, else 1."""
+    from retrikt.harness.report import write_report
+    from retrikt.harness.running import run_harness as run_all
+
+    config = harness_config(args)
+    rows = run_all(config)
+    paths = write_report(config, rows)
+    print(paths["md"].read_text())
+    return 1 if any(r["status"] == "failed" for r in rows) else 0

@@ -4,7 +4,8 @@
   ``<task>-L<label>-<sample_no>`` and its own seed, and samples with its own random stream
   (Gumbel-max with one generator per row), so what a job writes does not depend on which
   batch or process it landed in.
-* **Fast**: one ``generate`` call per batch with a KV cache, left padding and bf16 weights
+* **Fast**: one cached ``generate`` call per batch through
+  :class:`~retrikt.generator.sampler.Sampler` (the same sampler RL uses), bf16 weights
   where the CPU supports them; generation stops at the template's ``###`` or at EOS.
 * **Checkpointed**: each batch is appended to a JSONL shard and fsynced before the next
   starts; a rerun skips every id already written (a torn last line from a kill is cut
@@ -21,33 +22,19 @@ import json
 import logging
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from retrikt.errors import RetriktError
-from retrikt.generator.templates import END
+from retrikt.generator.sampler import Sampler
 
 logger = logging.getLogger(__name__)
 
 SHARD_GLOB = "generations.rank*.jsonl"
-
-
-@dataclass
-class SamplingConfig:
-    """How examples are sampled (``seed`` makes every job's output reproducible)."""
-
-    max_new_tokens: int = 96
-    batch_size: int = 16
-    temperature: float = 1.0
-    top_p: float = 0.95
-    seed: int = 0
-    min_new_tokens: int = 0  # benchmarks set it to max_new_tokens to compare equal work
 
 
 @dataclass(frozen=True)
@@ -75,76 +62,6 @@ def plan_jobs(
 def job_seed(seed: int, job_id: str) -> int:
     digest = hashlib.sha256(f"{seed}:{job_id}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1  # a non-negative int64
-
-
-class RowSeededSampler:
-    """Gumbel-max sampling where each batch row draws from its own seeded generator.
-
-    Added to the (temperature- and top-p-processed) scores before greedy selection,
-    Gumbel noise makes the argmax a sample of the softmax; ``model.generate``'s own
-    ``do_sample`` draws from one global stream, which would tie a job's output to its batch.
-    """
-
-    def __init__(self, seeds: Sequence[int]):
-        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        vocab = scores.shape[-1]
-        uniform = torch.stack([torch.rand(vocab, generator=g) for g in self.generators])
-        gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1.0 - 1e-7)))
-        return scores + gumbel.to(scores.dtype)
-
-
-def stop_token_ids(tokenizer: Any) -> list[int]:
-    """EOS and the template's closing ``###`` token (when it is one token)."""
-    ids = [tokenizer.eos_token_id]
-    end = tokenizer.encode(END, add_special_tokens=False)
-    if len(end) == 1:
-        ids.append(end[0])
-    return ids
-
-
-@torch.no_grad()
-def generate_batch(
-    model: Any, tokenizer: Any, prompts: Sequence[str], seeds: Sequence[int], config: SamplingConfig
-) -> list[tuple[str, int]]:
-    """Sample one continuation per prompt; returns (text, tokens generated) per row.
-
-    A row that ended by itself (EOS or ``###``) ends with ``###``; a row cut by
-    ``max_new_tokens`` does not, so ``parse_example`` rejects it as truncated.
-    """
-    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
-
-    batch = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
-    processors = LogitsProcessorList([TemperatureLogitsWarper(config.temperature)])
-    if config.top_p < 1.0:
-        processors.append(TopPLogitsWarper(config.top_p))
-    processors.append(RowSeededSampler(seeds))
-    stops = stop_token_ids(tokenizer)
-    with warnings.catch_warnings():
-        # PEFT prompt tuning drops generate's position ids, so a left-padded row starts its
-        # text a few positions later. With rotary embeddings only relative positions matter
-        # and a task's prompts differ by a token or two, so the shift is harmless.
-        warnings.filterwarnings("ignore", message="Position ids are not supported")
-        output = model.generate(
-            **batch,
-            max_new_tokens=config.max_new_tokens,
-            min_new_tokens=config.min_new_tokens,
-            do_sample=False,  # the sampling is RowSeededSampler's Gumbel-max
-            logits_processor=processors,
-            eos_token_id=stops,
-            pad_token_id=tokenizer.pad_token_id,
-            use_cache=True,
-        )
-    new = output[:, batch["input_ids"].shape[1] :]
-    results = []
-    for row in new.tolist():
-        length = next((i + 1 for i, tok in enumerate(row) if tok in stops), len(row))
-        text = tokenizer.decode(row[:length], skip_special_tokens=True)
-        if row[length - 1] in stops and END not in text:
-            text += f"\n{END}"  # stopped by EOS: finished, unlike a cut at max_new_tokens
-        results.append((text, length))
-    return results
 
 
 def shard_info() -> tuple[int, int]:
@@ -185,10 +102,8 @@ def read_generations(work_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def run_generation(
-    model: Any,
-    tokenizer: Any,
+    sampler: Sampler,
     jobs: Sequence[Job],
-    config: SamplingConfig,
     work_dir: str | Path,
     *,
     rank: int = 0,
@@ -198,8 +113,10 @@ def run_generation(
     """Generate this rank's share of ``jobs`` not yet on disk; returns its shard path.
 
     ``annotate`` may add fields to a batch's records (parse, teacher labels) before they
-    are written, so that work is checkpointed with the text it belongs to.
+    are written, so that work is checkpointed with the text it belongs to. Batch size and
+    seed come from ``sampler.config``.
     """
+    config = sampler.config
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     shard = work / f"generations.rank{rank}.jsonl"
@@ -214,7 +131,8 @@ def run_generation(
     with shard.open("a", encoding="utf-8") as fh:
         for batch in _chunks(mine, config.batch_size):
             seeds = [job_seed(config.seed, job.id) for job in batch]
-            outputs = generate_batch(model, tokenizer, [job.prompt for job in batch], seeds, config)
+            samples = sampler.sample([job.prompt for job in batch], seeds)
+            outputs = list(zip(samples.texts, samples.lengths, strict=True))
             records = [
                 {
                     "id": job.id,

@@ -30,8 +30,8 @@ def compute_dtype() -> torch.dtype:
     return torch.bfloat16 if bf16_supported() else torch.float32
 
 
-def load_base(generator: str) -> tuple[Any, Any]:
-    """The frozen base LM (eval mode, bf16 where supported) and its tokenizer."""
+def load_base(generator: str, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
+    """The frozen base LM (eval mode, bf16 where supported unless ``dtype``) and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     resolved = resolve_model(generator, GENERATOR)
@@ -40,7 +40,7 @@ def load_base(generator: str) -> tuple[Any, Any]:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(
-        resolved.path, dtype=compute_dtype(), local_files_only=offline
+        resolved.path, dtype=dtype or compute_dtype(), local_files_only=offline
     )
     model.eval()
     model.requires_grad_(False)

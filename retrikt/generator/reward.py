@@ -13,9 +13,7 @@
 ``total`` is always the weighted sum ``w_acc * accuracy + w_div * diversity + w_val *
 validity``. An invalid completion has nothing to score, so its accuracy and diversity are 0
 and its total is ``-weights.validity``: a penalty, where a valid one earns at least
-``+weights.validity``. Because the total is an exact weighted sum, the same terms can be
-handed to trl as separate reward functions with ``reward_weights`` (``retrikt.generator.rl``)
-and give the same reward.
+``+weights.validity``; RL logs each term beside the total.
 
 Examples are embedded as ``task.render(example)``; pass the reference examples the same
 way (``[task.render(ex) for ex in train]``) so that both sides live in the same space.

@@ -2,7 +2,7 @@
 
 The generator writes an example *for* a requested label; the teacher says which label the
 example actually has. Its soft labels are what the store keeps and what the accuracy reward
-pays for. ``Teacher`` is a protocol, so another model (or an ensemble) can serve later.
+pays for. The question asked about an example is the task's (``Task.teacher_question``).
 
 ``LLMTeacher`` asks the LLM a question about the example in a chat turn and reads the
 next-token log-probabilities of the task's label words (the verbalizer), optionally after
@@ -20,7 +20,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,27 +33,7 @@ from retrikt.tasks import MULTIPLE_CHOICE, Example, Task
 
 logger = logging.getLogger(__name__)
 
-#: The question asked about an example, where the task's description is not one.
-_QUESTIONS = {
-    "rte": "Does the premise entail the hypothesis?",
-    "glue-rte": "Does the first sentence entail the second?",
-    "boolq": "Based on the passage, is the answer to the question yes or no?",
-    "multirc": "Is the answer correct?",
-    "stsb": "How similar in meaning are the two sentences, from 0 (unrelated) to 5 (same)?",
-    "sst2": "Is the sentiment of the sentence negative or positive?",
-}
 _FIELD_CHARS = 1200  # long passages are clipped so a batch stays within a few hundred tokens
-
-
-@runtime_checkable
-class Teacher(Protocol):
-    """Anything that scores examples' labels; ``id`` goes into store manifests."""
-
-    id: str
-
-    def label_probs(self, task: Task, examples: Sequence[Example]) -> np.ndarray:
-        """(n, C) probabilities over ``task.label_names``; (n, 1) expected score for regression."""
-        ...
 
 
 def verbalizer(task: Task) -> list[str]:
@@ -74,13 +54,6 @@ def verbalizer_ids(task: Task, tokenizer: Any) -> list[int]:
     return ids
 
 
-def _question(task: Task) -> str:
-    if task.name in _QUESTIONS:
-        return _QUESTIONS[task.name]
-    _, _, question = task.description.partition(": ")
-    return question[:1].upper() + question[1:] if question else task.description
-
-
 def teacher_prompt(task: Task, example: Example, tokenizer: Any) -> str:
     """The chat turn that asks for the label; the answer word is the next token."""
     words = verbalizer(task)
@@ -91,7 +64,7 @@ def teacher_prompt(task: Task, example: Example, tokenizer: Any) -> str:
             "",
             *lines,
             "",
-            f"{_question(task)} Answer with {', '.join(words[:-1])} or {words[-1]}.",
+            f"{task.teacher_question} Answer with {', '.join(words[:-1])} or {words[-1]}.",
         ]
     )
     if getattr(tokenizer, "chat_template", None):
@@ -125,19 +98,20 @@ def adapter_digest(adapter_dir: str | Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def _copa_continuations(example: Example) -> tuple[str, list[str]]:
+def _copa_continuations(task: Task, example: Example) -> tuple[str, list[str]]:
     """The premise as an open sentence ("The man fell because") and the choices that end it."""
-    connective = "because" if example["question"] == "cause" else "so"
-    context = f"{example['premise'].strip().rstrip('.!?')} {connective}"
-    choices = [example[name].strip() for name in ("choice1", "choice2")]
+    context = f"{example['premise'].strip().rstrip('.!?')} {task.connective(example)}"
+    choices = [example[name].strip() for name in task.choice_fields]
     return context, [f" {c[:1].lower()}{c[1:]}" for c in choices]
 
 
-def choice_logits(model: Any, tokenizer: Any, examples: Sequence[Example]) -> torch.Tensor:
+def choice_logits(
+    model: Any, tokenizer: Any, task: Task, examples: Sequence[Example]
+) -> torch.Tensor:
     """(n, C) mean log-probability of each choice's tokens after the context; differentiable."""
     ids, spans = [], []
     for ex in examples:
-        context, continuations = _copa_continuations(ex)
+        context, continuations = _copa_continuations(task, ex)
         head = tokenizer.encode(context)
         for text in continuations:
             tail = tokenizer.encode(text, add_special_tokens=False)
@@ -161,7 +135,7 @@ def label_logits(
     """(n, C) scores whose softmax is the teacher's label distribution (bucket scores for
     regression): choice likelihoods for multiple choice, verbalizer logits otherwise."""
     if task.task_type == MULTIPLE_CHOICE:
-        return choice_logits(model, tokenizer, examples)
+        return choice_logits(model, tokenizer, task, examples)
     return verbalizer_logits(model, tokenizer, task, examples, verbalizer_ids(task, tokenizer))
 
 

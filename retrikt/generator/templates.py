@@ -137,16 +137,18 @@ def parse_example(task: Task, text: str, label: Any) -> Example | None:
 
 def _task_constraints_hold(task: Task, example: Example) -> bool:
     """Field checks a task needs beyond non-emptiness (adds WSC's span word indices)."""
-    if task.name == "copa":
-        question_ok = example["question"].lower() in ("cause", "effect")
-        example["question"] = example["question"].lower()
-        return question_ok and example["choice1"].lower() != example["choice2"].lower()
-    if task.name == "wsc":
-        for span in ("span1", "span2"):
-            index = word_index(example["text"], example[f"{span}_text"])
-            if index is None:
-                return False
-            example[f"{span}_index"] = index
+    for name, values in task.allowed.items():
+        example[name] = example[name].lower()
+        if example[name] not in values:
+            return False
+    choices = [example[name].lower() for name in task.choice_fields]
+    if len(set(choices)) < len(choices):
+        return False
+    for span in task.spans:
+        index = word_index(example["text"], example[f"{span}_text"])
+        if index is None:
+            return False
+        example[f"{span}_index"] = index
     return True
 
 

@@ -1,0 +1,176 @@
+"""Per-task state of a harness run and the artefacts built once per task (store, teacher).
+
+Each artefact is a unit of :class:`retrikt.cache.ArtefactCache`, keyed by everything it
+depends on: a store by the build settings of the scale, the data files' hash and the
+generator; the teacher's soft prompt by its own stage's settings only, so stores with and
+without RL share it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from retrikt.cache import ArtefactCache
+from retrikt.errors import RetriktError
+from retrikt.harness.scales import HARNESS_VERSION, HarnessConfig
+from retrikt.tasks import Task, resolve_data_source
+
+
+def data_fingerprint(task: Task, data_dir: str | None) -> str:
+    """sha256 of the task's train and validation files: results follow the data, not its path."""
+    source = resolve_data_source(data_dir)
+    if source.startswith("hub:"):
+        return source
+    digest = hashlib.sha256()
+    for split in ("train", "validation"):
+        digest.update(task.split_path(split, source).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _store_identity(path: Path) -> dict[str, Any]:
+    """A given store is identified by its id and version, not by where it lies."""
+    from retrikt.store import KnowledgeStore
+
+    store = KnowledgeStore.open(path, verify=False)
+    return {"store_id": store.store_id, "version": store.version, "entries": len(store)}
+
+
+@dataclass
+class Artefact:
+    """A shared, cached artefact: where it is, what it was built from, what it cost."""
+
+    path: Path
+    spec: dict[str, Any]
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class TaskContext:
+    """Per-task state shared by the methods: the examples, and the artefacts built once."""
+
+    def __init__(self, config: HarnessConfig, cache: ArtefactCache, task: Task):
+        from retrikt.training import subsample
+
+        self.config = config
+        self.scale = config.scale
+        self.cache = cache
+        self.task = task
+        self.train = subsample(task.read("train", config.data_dir), self.scale.train_limit)
+        self.eval = subsample(task.read("validation", config.data_dir), self.scale.eval_limit)
+        # What every result depends on; methods add what they use (an LLM's zero-shot
+        # result must not be recomputed because the student encoder changed).
+        self.base_spec = {
+            "harness": HARNESS_VERSION,
+            "task": task.name,
+            "data": data_fingerprint(task, config.data_dir),
+            "eval_limit": self.scale.eval_limit,
+        }
+
+    def build_config(self, rl: str, out: Path | str = "") -> Any:
+        """How this task's store is built at this scale (``retrikt build-store`` settings).
+
+        The build's own stage cache (teacher prompt, generator prompt, RL, generations) lives
+        under the harness cache too, so the stores with and without RL share their prompts.
+        """
+        from retrikt.generator.build import BuildConfig
+        from retrikt.generator.ppo import RLConfig
+        from retrikt.generator.prompt_tuning import SoftPromptConfig
+
+        scale = self.scale
+        return BuildConfig(
+            task=self.task.name,
+            data_dir=self.config.data_dir,
+            out=str(out),
+            generator=self.config.generator,
+            encoder=self.config.encoder,
+            samples_per_label=scale.samples_per_label,
+            rl=rl,
+            generator_prompt=SoftPromptConfig(steps=scale.prompt_steps),
+            teacher_prompt=SoftPromptConfig(steps=scale.teacher_steps),
+            rl_config=RLConfig(steps=scale.rl_steps),
+            train_limit=scale.train_limit,
+            cache_dir=str(self.cache.root / "build"),
+            overwrite=True,  # a store left by a run killed before done.json is rebuilt
+        )
+
+    def _build_spec(self, rl: str) -> dict[str, Any]:
+        build = asdict(self.build_config(rl))
+        for local in ("out", "data_dir", "cache_dir", "overwrite"):
+            build.pop(local)
+        return {**self.base_spec, "build": build}
+
+    def store_spec(self, rl: str) -> dict[str, Any]:
+        """What the store depends on, without building it."""
+        given = self.config.stores.get(self.task.name)
+        if given is not None:
+            return {"given": _store_identity(Path(given))}
+        return self._build_spec(rl)
+
+    def store(self, rl: str) -> Artefact:
+        """The task's knowledge store: given with ``--store``, or built once and cached."""
+        given = self.config.stores.get(self.task.name)
+        if given is not None:
+            return Artefact(Path(given), self.store_spec(rl), 0.0)
+        from retrikt.generator.build import build_store
+
+        def make(folder: Path) -> dict[str, Any]:
+            started = time.perf_counter()
+            build_store(self.build_config(rl, folder / "store"))
+            return {"seconds": round(time.perf_counter() - started, 1)}
+
+        spec = self.store_spec(rl)
+        folder, info = self.cache.ensure("stores", f"{self.task.name}-{rl}", spec, make)
+        return Artefact(folder / "store", spec, info["seconds"])
+
+    def teacher_spec(self) -> dict[str, Any]:
+        """What the tuned teacher depends on: the build settings of its stage only."""
+        given = self.config.stores.get(self.task.name)
+        if given is not None:
+            return {"given": _store_identity(Path(given))}
+        build = self._build_spec("none")["build"]
+        keep = (
+            "generator",
+            "teacher",
+            "teacher_steps",
+            "num_virtual_tokens",
+            "train_limit",
+            "teacher_eval_limit",
+            "seed",
+        )
+        return {**self.base_spec, "teacher": {k: build[k] for k in keep}}
+
+    def teacher(self) -> Artefact:
+        """The tuned soft prompt of the LLM teacher: the one that labels the store.
+
+        With a given store, the adapter its manifest names; otherwise the build's teacher
+        stage (the same cache entry ``build_store`` uses, so it is trained once).
+        """
+        given = self.config.stores.get(self.task.name)
+        if given is not None:
+            from retrikt.store import KnowledgeStore
+
+            teacher = KnowledgeStore.open(given).manifest.get("teacher") or {}
+            if not teacher.get("adapter"):
+                raise RetriktError(f"the store {given} names no teacher soft prompt")
+            return Artefact(Path(teacher["adapter"]), self.teacher_spec(), 0.0, teacher)
+        from retrikt.generator.build import load_task_data, prepare_teacher
+
+        def make(folder: Path) -> dict[str, Any]:
+            started = time.perf_counter()
+            config = self.build_config("none")
+            _, info = prepare_teacher(config, load_task_data(config))
+            return {"seconds": round(time.perf_counter() - started, 1), "teacher": info}
+
+        spec = self.teacher_spec()
+        _, info = self.cache.ensure("teachers", self.task.name, spec, make)
+        teacher = info["teacher"]
+        if not teacher.get("adapter"):
+            raise RetriktError(f"{self.task.name}: the scale tunes no teacher prompt")
+        return Artefact(Path(teacher["adapter"]), spec, info["seconds"], teacher)
+
+    def spec(self, method: str, seed: int | None, **extra: Any) -> dict[str, Any]:
+        return {**self.base_spec, "method": method, "seed": seed, **extra}

@@ -1,0 +1,82 @@
+"""The artefact cache: keys, atomic publishing, reuse, sweeping, and rank waits with a timeout."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from retrikt.cache import DONE, ArtefactCache, WaitTimeout, key, publish
+
+
+def _dead_pid() -> int:
+    """The id of a process that has just exited."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_key_ignores_dict_order_and_sees_values():
+    assert key({"a": 1, "b": [1, 2]}) == key({"b": [1, 2], "a": 1})
+    assert key({"a": 1}) != key({"a": 2}) and len(key("x")) == 16
+
+
+def test_a_unit_is_made_once_published_whole_and_then_reused(tmp_path):
+    calls = []
+
+    def make(staging):
+        calls.append(staging)
+        assert staging.name.startswith("unit.tmp")  # made aside, not in place
+        (staging / "weights.bin").write_bytes(b"w")
+        return {"seconds": 1.5}
+
+    info = publish(tmp_path / "unit", make)
+    assert info["seconds"] == 1.5
+    assert json.loads((tmp_path / "unit" / DONE).read_text())["seconds"] == 1.5
+    assert (tmp_path / "unit" / "weights.bin").read_bytes() == b"w"
+    assert [p.name for p in tmp_path.iterdir()] == ["unit"]  # no staging folder left
+    assert publish(tmp_path / "unit", make)["seconds"] == 1.5 and len(calls) == 1
+
+
+def test_a_failed_make_publishes_nothing_and_the_next_run_sweeps_it(tmp_path):
+    def broken(staging):
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        publish(tmp_path / "unit", broken)
+    assert not (tmp_path / "unit").exists()
+    dead = tmp_path / f"unit.tmp{_dead_pid()}"  # left by a run that died
+    dead.mkdir()
+    publish(tmp_path / "unit", lambda staging: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unit"]
+
+
+def test_an_incomplete_folder_from_an_older_run_is_replaced(tmp_path):
+    (tmp_path / "unit").mkdir()
+    (tmp_path / "unit" / "half.bin").write_bytes(b"")
+    publish(tmp_path / "unit", lambda staging: {"ok": True})
+    assert sorted(p.name for p in (tmp_path / "unit").iterdir()) == [DONE]
+
+
+def test_other_ranks_wait_for_rank_0_and_give_up_after_the_timeout(tmp_path):
+    with pytest.raises(WaitTimeout, match="gave up after"):
+        publish(tmp_path / "unit", lambda s: pytest.fail("rank 1 made it"), rank=1,
+                timeout=0.3, poll=0.05)  # fmt: skip
+    maker = threading.Timer(0.2, publish, (tmp_path / "unit", lambda s: {"by": "rank 0"}))
+    maker.start()
+    started = time.monotonic()
+    info = publish(tmp_path / "unit", lambda s: {"by": "rank 1"}, rank=1, timeout=10, poll=0.05)
+    maker.join()
+    assert info["by"] == "rank 0" and time.monotonic() - started < 5
+
+
+def test_the_cache_names_units_by_kind_label_and_spec(tmp_path):
+    cache = ArtefactCache(tmp_path)
+    folder, info = cache.ensure("models", "cb", {"lr": 1}, lambda staging: {"seconds": 2})
+    assert folder == tmp_path.resolve() / "models" / f"cb-{key({'lr': 1})}"
+    assert info["spec"] == {"lr": 1} and info["seconds"] == 2
+    assert cache.ensure("models", "cb", {"lr": 2}, lambda s: None)[0] != folder
