@@ -1,14 +1,21 @@
-"""Load test of ``retrikt serve``: N requests from C concurrent clients over localhost HTTP.
+"""Load test of ``retrikt serve``: N requests from C concurrent clients over localhost HTTP,
+then a burst of maximum-size requests.
 
 Starts ``retrikt serve`` on a free port (or uses ``--url`` of a running server), sends
 ``--requests`` POST /predict requests of ``--batch`` real validation inputs each from
 ``--clients`` concurrent clients (asyncio + httpx, one connection each, so the client
 costs little CPU next to the server on the same cores), and reports latency percentiles,
 throughput and every failure. With ``--bad-fraction`` some requests carry an invalid
-input on purpose: they must get a 422, and count as failures otherwise.
+input on purpose (an empty field, a number, a missing field): they must get a 422, and
+count as failures otherwise.
 
-    python experiments/load_test.py --model DIR --data-dir ../shared/data \\
-        --out experiments/results/load_test
+Then ``--burst`` requests of the server's maximum size (``max_batch`` inputs, every field
+``max_chars`` characters) arrive at once, while one 1-input probe request after another
+measures what a small client sees meanwhile. The server must shed what does not fit in its
+queue with an immediate 503 + Retry-After, and answer what it admitted, not stall.
+
+    python experiments/load_test.py --model DIR --data-dir ../shared/data --bad-fraction 0.1 \\
+        --burst 16 --out experiments/results/load_test
 """
 
 from __future__ import annotations
@@ -64,6 +71,16 @@ def start_server(model: str, max_batch: int) -> tuple[subprocess.Popen, str]:
     raise SystemExit("retrikt serve did not answer /health within 300 s")
 
 
+def spoil(item: dict, kind: int) -> dict:
+    """An invalid copy of ``item``: a 422 the server must give without falling over."""
+    first = next(iter(item))
+    if kind == 0:
+        return {**item, first: " "}  # empty field
+    if kind == 1:
+        return {**item, first: 12345}  # not a string
+    return {k: v for k, v in item.items() if k != first}  # missing field
+
+
 def plan(inputs: list[dict], n: int, batch: int, bad_fraction: float, seed: int) -> list[dict]:
     """The request bodies, fixed in advance so runs are comparable."""
     rng = random.Random(seed)
@@ -71,8 +88,8 @@ def plan(inputs: list[dict], n: int, batch: int, bad_fraction: float, seed: int)
     for _ in range(n):
         items = [rng.choice(inputs) for _ in range(batch)]
         bad = rng.random() < bad_fraction
-        if bad:  # an empty first field: a 422 the server must give without falling over
-            items[0] = {**items[0], next(iter(items[0])): " "}
+        if bad:
+            items[0] = spoil(items[0], rng.randrange(3))
         bodies.append({"body": {"inputs": items}, "expect": 422 if bad else 200})
     return bodies
 
@@ -102,6 +119,72 @@ async def hammer(url: str, bodies: list[dict], clients: int) -> list[dict]:
     return results
 
 
+EXPECTED_BURST = (200, "503-full", "503-timeout")
+
+
+def long_text(chars: int, seed: int) -> str:
+    """``chars`` characters of distinct words: a maximum-size field."""
+    words = [f"w{seed}x{i}" for i in range(chars // 4 + 1)]
+    return " ".join(words)[:chars]
+
+
+async def burst(url: str, fields: list[str], requests: int, limits: dict) -> dict:
+    """``requests`` maximum-size requests at once, and 1-input probes one after another."""
+    batch, chars = limits["max_batch"], limits["max_chars"]
+    bigs = [{"inputs": [{f: long_text(chars, i * batch + j) for f in fields} for j in range(batch)]}
+            for i in range(requests)]  # fmt: skip
+    probe = {"inputs": [{f: f"A short {f} for the probe." for f in fields}]}
+    timeout = httpx.Timeout(limits["timeout"] + 60)
+    pool = httpx.Limits(max_connections=requests + 2)
+    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=pool) as http:
+
+        async def send(body: dict) -> dict:
+            start = time.perf_counter()
+            response = await http.post("/predict", json=body)
+            status = response.status_code
+            if status == 503:  # refused at admission (queue full) or after the deadline
+                status = "503-timeout" if "timeout" in response.json()["error"] else "503-full"
+            return {"status": status, "seconds": time.perf_counter() - start,
+                    "retry_after": response.headers.get("retry-after")}  # fmt: skip
+
+        start = time.perf_counter()
+        tasks = [asyncio.create_task(send(body)) for body in bigs]
+        probes = []
+        await asyncio.sleep(0.2)  # the burst arrives first
+        while not all(task.done() for task in tasks):
+            probes.append(await send(probe))
+            await asyncio.sleep(0.25)
+        big = await asyncio.gather(*tasks)
+        wall = time.perf_counter() - start
+
+    def times(rows: list[dict], status: int | str) -> dict:
+        seconds = [r["seconds"] for r in rows if r["status"] == status]
+        if not seconds:
+            return {"count": 0}
+        return {"count": len(seconds), "p50_s": round(float(np.median(seconds)), 2),
+                "max_s": round(max(seconds), 2)}  # fmt: skip
+
+    return {
+        "requests": requests,
+        "inputs_per_request": batch,
+        "chars_per_field": chars,
+        "wall_seconds": round(wall, 1),
+        "big_statuses": dict(Counter(str(r["status"]) for r in big)),
+        "big_200": times(big, 200),
+        "big_503_full": times(big, "503-full"),
+        "big_503_timeout": times(big, "503-timeout"),
+        "retry_after": sorted({r["retry_after"] for r in big if r["retry_after"]}),
+        "probes": len(probes),
+        "probe_statuses": dict(Counter(str(r["status"]) for r in probes)),
+        "probe_200": times(probes, 200),
+        "probe_503_full": times(probes, "503-full"),
+        "probe_503_timeout": times(probes, "503-timeout"),
+        "unexpected": sum(
+            r["status"] not in (200, "503-full", "503-timeout") for r in big + probes
+        ),
+    }
+
+
 def summarise(results: list[dict], wall: float) -> dict:
     good = np.array([r["seconds"] for r in results if r["ok"] and r["expect"] == 200]) * 1000
     return {
@@ -126,6 +209,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--batch", type=int, default=1, help="inputs per request")
     parser.add_argument("--bad-fraction", type=float, default=0.0)
+    parser.add_argument("--burst", type=int, default=0, help="maximum-size requests at once")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write OUT.json and OUT.md")
     args = parser.parse_args()
@@ -148,6 +232,12 @@ def main() -> None:
             results = asyncio.run(hammer(url, bodies, args.clients))
             wall = time.perf_counter() - start
         info = httpx.get(f"{url}/info", timeout=10).json()
+        burst_result = None
+        if args.burst:
+            with CpuMonitor([proc.pid] if proc else []) as burst_monitor:
+                burst_result = asyncio.run(burst(url, list(task.fields), args.burst,
+                                                 info["limits"]))  # fmt: skip
+            burst_result["machine"] = burst_monitor.result
         health = httpx.get(f"{url}/health", timeout=10).status_code
     finally:
         if proc is not None:
@@ -155,11 +245,14 @@ def main() -> None:
             proc.wait(timeout=30)
     summary = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "niceness": os.nice(0),  # the run yields the cores to other jobs when above 0
         "server": {"model": args.model or args.url, "task": info["task"],
                    "retrieval": info["retrieval"],
                    "store_size": info["store_size"], "encoder": info["config"].get("encoder")},
+        "limits": info["limits"],
         "clients": args.clients, "batch": args.batch, "bad_fraction": args.bad_fraction,
         **summarise(results, wall),
+        "burst": burst_result,
         "health_after": health,
         "machine": {"before": before, "during": monitor.result, "after": machine_context()},
     }  # fmt: skip
@@ -172,20 +265,26 @@ def main() -> None:
 def render(s: dict) -> str:
     lat = s["latency_ms"]
     m = s["machine"]
-    return f"""# Load test of `retrikt serve`
+    lim = s["limits"]
+    text = f"""# Load test of `retrikt serve`
 
-Command: `{s["command"]}`
+Command: `{s["command"]}` (at niceness {s.get("niceness", 0)}: `nice` gives the cores to the
+other jobs on this shared machine first)
 
 Model: `{s["server"]["model"]}` (the `experiments/cache/bench-*` folders are built by
 `python experiments/bench_latency.py --prepare-only`: an untrained head on the encoder, and a
 store of synthetic entries with real embeddings).
 
 Server: `retrikt serve` started by the script on localhost (`--max-batch 64 --no-access-log`,
-default torch threads), task {s["server"]["task"]}, encoder {s["server"]["encoder"]}, retrieval
-{s["server"]["retrieval"]} (store of {s["server"]["store_size"]} entries). Each request holds
-{s["batch"]} real validation input(s); the clients (asyncio + httpx, one connection each) and
-the server share the same 2 CPU cores. A failure is any answer other than the expected 200 (or
-422 for the inputs made invalid on purpose) with one prediction per input.
+default torch threads and the default limits: at most {lim["max_queue"]} inputs queued,
+{lim["timeout"]:g} s per request, {lim["body_timeout"]:g} s per body), task
+{s["server"]["task"]}, encoder {s["server"]["encoder"]}, retrieval {s["server"]["retrieval"]}
+(store of {s["server"]["store_size"]} entries). Each request holds {s["batch"]} real validation
+input(s); {s["bad_fraction"]:.0%} of the requests carry an invalid input on purpose (an empty
+field, a number or a missing field). The clients (asyncio + httpx, one connection each) and
+the server share the same 2 CPU cores, **on a machine shared with other jobs** (see the
+machine load below). A failure is any answer other than the expected 200 (or 422 for the
+inputs made invalid on purpose) with one prediction per input.
 
 | requests | clients | inputs/request | invalid on purpose | failures | req/s | p50 ms | p90 ms | p99 ms | max ms |
 |---|---|---|---|---|---|---|---|---|---|
@@ -197,6 +296,48 @@ Machine load: before, {m["before"]["summary"]}; during the run the server and cl
 {m["during"]["cores_ours"]} cores and other work {m["during"]["cores_others"]} cores (load
 average {m["during"]["loadavg_1m"]}); after, {m["after"]["summary"]}.
 """  # noqa: E501
+    b = s["burst"]
+    if b is None:
+        return text
+    batches = lim["max_queue"] / lim["max_batch"]
+
+    def row(what: str, t: dict, note: str = "") -> str:
+        return f"| {what} | {t['count']} | {note} | {t.get('p50_s', '-')} | {t.get('max_s', '-')} |"
+
+    retry = ", ".join(b["retry_after"]) or "-"
+    rows = "\n".join(
+        [
+            row("maximum-size, answered", b["big_200"], str(b["big_statuses"])),
+            row("maximum-size, refused: queue full", b["big_503_full"], f"Retry-After {retry} s"),
+            row("maximum-size, admitted, past the deadline", b["big_503_timeout"]),
+            row("1-input probes, answered", b["probe_200"], str(b["probe_statuses"])),
+            row("1-input probes, refused: queue full", b["probe_503_full"]),
+            row("1-input probes, past the deadline", b["probe_503_timeout"]),
+        ]
+    )
+    return (
+        text
+        + f"""
+## Burst of maximum-size requests
+
+{b["requests"]} requests of {b["inputs_per_request"]} inputs with every field
+{b["chars_per_field"]:,} characters long, sent at once; meanwhile one 1-input probe request
+after another (0.25 s apart). The queue holds {lim["max_queue"]} inputs ({batches:g} such
+requests); the rest must be refused at once (503 with Retry-After).
+
+| | count | statuses | p50 s | max s |
+|---|---|---|---|---|
+{rows}
+
+Other statuses: {b["unexpected"]}. The burst took {b["wall_seconds"]} s; the server and clients
+used {b["machine"]["cores_ours"]} cores and other work {b["machine"]["cores_others"]} cores.
+An admitted request waits for at most {lim["max_queue"]} queued inputs plus the batch being
+run, and never longer than the {lim["timeout"]:g} s deadline; a refused one is told so at once
+instead of waiting behind the burst. Fields longer than 2,000 characters are clipped after
+the word holding their 128th token before the model runs (the encoder reads no further):
+without that, the tokenizer's pair truncation made each maximum-size pair cost ~5 s and 4 GB.
+"""
+    )
 
 
 if __name__ == "__main__":

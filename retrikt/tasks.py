@@ -148,11 +148,21 @@ class Task:
                 f"<data>/{self.benchmark}/{self.folder}/{path.name})"
             )
         rows = _read_jsonl(path) if self.benchmark == "superglue" else self._read_tsv(path)
-        return [self._normalise(raw, f"{path}:{line}") for line, raw in rows]
+        labelled = split != "test"  # a training or validation example without a label is a bug
+        examples = [self._normalise(raw, f"{path}:{line}", labelled) for line, raw in rows]
+        if not examples:
+            raise DataError(f"{path} holds no examples: the {self.name} {split} split is empty")
+        return examples
 
     def _read_tsv(self, path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-        with path.open(encoding="utf-8-sig", newline="") as fh:
-            rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+        try:
+            text = path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{_byte_position(path, err)}: not UTF-8 text ({err.reason})") from None
+        try:
+            rows = list(csv.reader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE))
+        except csv.Error as err:
+            raise DataError(f"{path}: not a readable TSV file ({err})") from None
         # Headerless files (CoLA train/dev) still have a header in their test split.
         header = rows[0] if rows and (self.has_header or rows[0][:1] == ["index"]) else None
         first = 2 if header else 1
@@ -179,7 +189,7 @@ class Task:
             out[name] = value
         out["label"] = cell(self.label_column, "label")
         index = cell("index", "index")
-        out["idx"] = int(index) if index and index.isdigit() else position
+        out["idx"] = int(index) if index and index.isdecimal() else position
         return out
 
     def _read_hub(self, split: str, dataset_id: str | None) -> list[Example]:
@@ -195,22 +205,32 @@ class Task:
                 row["group"] = (row["idx"]["paragraph"], row["idx"]["question"])
             # Unlabelled hub test rows carry label -1.
             row["label"] = None if row.get("label") == -1 else row.get("label")
-            examples.append(self._normalise(row, where))
+            examples.append(self._normalise(row, where, labelled=split != "test"))
         return examples
 
     # ------------------------------------------------------------ normalising
-    def _normalise(self, raw: dict[str, Any], where: str) -> Example:
+    def _normalise(self, raw: dict[str, Any], where: str, labelled: bool = False) -> Example:
         if self.nested is not None and self.nested in raw:
+            if not isinstance(raw[self.nested], dict):
+                raise DataError(f"{where}: {self.nested!r} must be an object")
             raw = {**raw, **raw.pop(self.nested)}
         missing = [f for f in self.fields if f not in raw]
         if missing:
             raise DataError(f"{where}: missing field(s) {', '.join(missing)} for task {self.name}")
+        for name in self.fields:
+            if not isinstance(raw[name], str):
+                kind = "null" if raw[name] is None else type(raw[name]).__name__
+                raise DataError(f"{where}: field {name!r} must be a string, got {kind}")
         example: Example = {f: raw[f] for f in self.fields}
         for extra in ("span1_index", "span2_index", "start1", "end1", "start2", "end2", "group"):
             if extra in raw:
                 example[extra] = raw[extra]
         example["idx"] = raw.get("idx")
         example["label"] = self.parse_label(raw.get("label"), where)
+        if labelled and example["label"] is None:
+            raise DataError(
+                f"{where}: no label, but every training and validation example needs one"
+            )
         return example
 
     def parse_label(self, value: Any, where: str = "input") -> int | float | None:
@@ -220,15 +240,15 @@ class Task:
         if self.is_regression:
             try:
                 score = float(value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise DataError(f"{where}: label {value!r} is not a number") from None
             return score
         names = self.label_names or ()
-        if isinstance(value, bool):
-            value = int(value)
+        if isinstance(value, bool) or (isinstance(value, float) and value.is_integer()):
+            value = int(value)  # JSON Schema counts 1.0 as an integer too
         if isinstance(value, str) and value in names:
             return names.index(value)
-        if isinstance(value, str) and value.lstrip("-").isdigit():
+        if isinstance(value, str) and value.lstrip("-").isdecimal():
             value = int(value)
         if isinstance(value, int) and 0 <= value < len(names):
             return value
@@ -344,6 +364,12 @@ class Task:
         return info
 
 
+def _byte_position(path: Path, err: UnicodeDecodeError) -> str:
+    """``path:line`` of the byte a decoder choked on."""
+    line = err.object[: err.start].count(b"\n") + 1
+    return f"{path}:{line}"
+
+
 def _has_lone_surrogate(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -354,14 +380,23 @@ def _has_lone_surrogate(text: str) -> bool:
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line, record); MultiRC's nested passages become one row per answer."""
-    with path.open(encoding="utf-8") as fh:
-        for line, text in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for line, data in enumerate(fh, start=1):
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(
+                    f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at column "
+                    f"{err.start + 1})"
+                ) from None
             if not text.strip():
                 continue
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}:{line}: not valid JSON ({err.msg})") from None
+            except RecursionError:
+                raise DataError(f"{path}:{line}: JSON nested too deeply") from None
             if not isinstance(record, dict):
                 kind = type(record).__name__
                 raise DataError(f"{path}:{line}: expected a JSON object, got {kind}")
@@ -388,8 +423,10 @@ def _flatten_multirc(record: dict[str, Any], where: str) -> Iterator[dict[str, A
                     },
                     "group": (record["idx"], question["idx"]),
                 }
-    except (KeyError, TypeError) as err:
-        raise DataError(f"{where}: malformed MultiRC record (missing {err})") from None
+    except (KeyError, TypeError, AttributeError) as err:
+        raise DataError(
+            f"{where}: malformed MultiRC record ({type(err).__name__}: {err})"
+        ) from None
 
 
 def resolve_data_source(data_dir: str | os.PathLike | None) -> str:

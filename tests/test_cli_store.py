@@ -114,3 +114,24 @@ def test_reindex_with_the_real_encoder(tmp_path, capsys):
     assert len(store) == 12
     np.testing.assert_allclose(store.embeddings()[:3], encoder.encode(texts[:3]), atol=1e-5)
     assert store.search(encoder.encode(texts[5:6]), k=1).indices[0, 0] == 5
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [("-1", "must be at least 1, got -1"), ("0", "must be at least 1"), ("two", "not a whole")],
+)
+def test_sample_refuses_a_count_below_one_in_one_line(store_path, capsys, value, needle):
+    """Issue 18.4: `store sample -n -1` used to end in a ValueError traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["store", "sample", str(store_path), "-n", value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_info_and_verify_show_the_content_digest(store_path, capsys):
+    digest = KnowledgeStore.open(store_path).digest
+    assert main(["store", "info", str(store_path)]) == 0
+    assert f"digest     {digest}" in capsys.readouterr().out
+    assert main(["store", "verify", str(store_path)]) == 0
+    assert f"digest {digest}" in capsys.readouterr().out

@@ -5,11 +5,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from retrikt.cli import main
 from retrikt.student import RetriKT
@@ -185,3 +188,51 @@ def test_the_installed_command_pipes_stdin_to_stdout(student_dir, expected):
     assert got[3] == {"error": "stdin:4: field 'premise' must be a string, got int", "line": 4}
     assert "1 of 4 lines were invalid" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+# ------------------------------------------------------- issue 18: damaged student folders
+def _garbage_head(folder: Path) -> None:
+    (folder / "head.safetensors").write_bytes(b"not a safetensors file" * 4)
+
+
+def _empty_encoder(folder: Path) -> None:
+    shutil.rmtree(folder / "encoder")
+    (folder / "encoder").mkdir()
+
+
+DAMAGE = {
+    "garbage-head": (_garbage_head, "head.safetensors is not a readable safetensors file"),
+    "config-list": (lambda f: (f / "config.json").write_text("[]"),
+                    "config.json must hold a JSON object"),
+    "config-not-utf8": (lambda f: (f / "config.json").write_bytes(b"\xff{"),
+                        "config.json is not UTF-8 text"),
+    "config-nested": (lambda f: (f / "config.json").write_text("[" * 100_000),
+                      "config.json is nested too deeply"),
+    "empty-encoder": (_empty_encoder, "holds no encoder (no config.json)"),
+    "encoder-weights": (lambda f: (f / "encoder" / "model.safetensors").write_bytes(b"x" * 64),
+                        "model.safetensors is not a readable safetensors file"),
+    "head-shape": (lambda f: save_file({"head.weight": torch.zeros(2, 2)}, f / "head.safetensors"),
+                   "is not a loadable student folder (RuntimeError"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_student_folder_exits_1_naming_the_file(student_dir, tmp_path, caplog, damage):
+    """Issue 18.4: these ended in SafetensorError / AttributeError / ValueError tracebacks."""
+    folder = tmp_path / "student"
+    shutil.copytree(student_dir, folder)
+    spoil, needle = DAMAGE[damage]
+    spoil(folder)
+    source = _write(tmp_path / "in.jsonl", [json.dumps(GOOD[0])])
+    assert main(["predict", "--model", str(folder), "--input", str(source)]) == 1
+    assert needle in caplog.text
+    caplog.clear()
+    assert main(["serve", "--model", str(folder), "--port", "0"]) == 1
+    assert needle in caplog.text
+
+
+def test_a_deeply_nested_line_exits_1(student_dir, tmp_path, caplog):
+    """Issue 18.4: `predict` on deeply nested JSON was a RecursionError traceback."""
+    source = _write(tmp_path / "in.jsonl", ["[" * 100_000])
+    assert main(["predict", "--model", str(student_dir), "--input", str(source)]) == 1
+    assert "in.jsonl:1: JSON nested too deeply" in caplog.text

@@ -42,14 +42,12 @@ MEMORY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def student_dir(tmp_path_factory) -> Path:
+def make_student_dir(folder: Path) -> Path:
     """A real, small CB student with a store: 2-layer MiniLM, untrained head, 8 memories.
 
     Serving needs no skill, so the head stays untrained; the store is real (keys from the
     student's own encoder, saved and verified on load), so neighbours come back.
     """
-    folder = tmp_path_factory.mktemp("student")
     examples = [CB.parse_input({"premise": p, "hypothesis": h, "label": label})
                 for p, h, label in MEMORY]  # fmt: skip
     store = labelled_store(CB, examples, folder / "source-store", encoder="minilm-l6:2")
@@ -57,6 +55,11 @@ def student_dir(tmp_path_factory) -> Path:
     model.attach_store(store, k=3)
     model.refresh_keys()
     return model.save_pretrained(folder / "student")
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory) -> Path:
+    return make_student_dir(tmp_path_factory.mktemp("student"))
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +80,14 @@ def test_health_and_info_describe_the_served_model(client, student):
     assert info["task"] == "cb"
     assert info["labels"] == list(CB.label_names)
     assert info["fields"] == ["premise", "hypothesis"]
-    assert info["limits"] == {"max_batch": 4, "max_chars": 200}
+    assert info["limits"] == {
+        "max_batch": 4,
+        "max_chars": 200,
+        "max_queue": 16,
+        "timeout": 30.0,
+        "body_timeout": 10.0,
+        "max_body_bytes": 85_760,
+    }
     assert info["config"]["encoder"] == "minilm-l6:2"
     assert info["retrieval"] is True
     assert info["store_size"] == len(MEMORY)
@@ -232,6 +242,10 @@ def test_unknown_routes_and_methods_answer_in_the_same_error_shape(client):
 class _Config:
     task: str = "cb"
     encoder: str = "double"
+    head: str = "classification"
+    max_length: int = 128
+    format_version: int = 1
+    retrieval: None = None
 
 
 @dataclass
@@ -288,7 +302,7 @@ def test_a_model_crash_is_a_500_json_and_the_server_survives():
 @pytest.mark.parametrize("inputs_per_request", [1, 3])
 def test_concurrent_requests_share_batches_one_call_at_a_time(inputs_per_request):
     model = _DoubleStudent()
-    app = create_app(model, max_batch=4)
+    app = create_app(model, max_batch=4, max_queue=32)  # room for all 8 requests
 
     async def burst() -> list[httpx.Response]:
         async with app.router.lifespan_context(app):

@@ -15,9 +15,11 @@ import faiss
 import numpy as np
 import pytest
 
-import retrikt.store as store_mod
+import retrikt.store.index as index_mod
+import retrikt.store.knowledge_store as store_mod
 from retrikt.errors import StoreError
 from retrikt.store import KnowledgeStore, StoreEntry, entry_id
+from retrikt.store.manifest import FORMAT_VERSION
 
 LABELS = ["entailment", "contradiction", "neutral"]
 DIM = 16
@@ -166,7 +168,7 @@ def test_search_on_small_and_empty_stores(tmp_path):
 
 
 def test_approximate_indexes_round_trip(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_mod, "IVF_MIN_ENTRIES", 1000)
+    monkeypatch.setattr(index_mod, "IVF_MIN_ENTRIES", 1000)
     queries = fake_embed([f"q{i}" for i in range(20)])
     for kind in ("hnsw", "ivfpq", "ivfsq"):
         store = new_store(tmp_path / kind, n=3000, index=kind)
@@ -181,13 +183,13 @@ def test_approximate_indexes_round_trip(tmp_path, monkeypatch):
 
 
 def test_auto_index_switches_to_ivf_as_the_store_grows(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_mod, "AUTO_EXACT_MAX", 1500)
-    monkeypatch.setattr(store_mod, "IVF_MIN_ENTRIES", 1000)
+    monkeypatch.setattr(index_mod, "AUTO_EXACT_MAX", 1500)
+    monkeypatch.setattr(index_mod, "IVF_MIN_ENTRIES", 1000)
     store = new_store(tmp_path / "s", n=1200)
     assert store.index_config.kind == "flat"
     entries = make_entries(1200, 2400)
     store.add(entries, fake_embed([e.text for e in entries]))
-    assert store.index_config.kind == store_mod.AUTO_LARGE
+    assert store.index_config.kind == index_mod.AUTO_LARGE
     store.save()
     assert KnowledgeStore.open(tmp_path / "s").manifest["index"]["factory"].startswith("IVF")
 
@@ -313,7 +315,7 @@ def test_open_refuses_a_newer_format(tmp_path):
     new_store(tmp_path / "s", n=5)
     manifest_path = tmp_path / "s" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest["format_version"] = store_mod.FORMAT_VERSION + 1
+    manifest["format_version"] = FORMAT_VERSION + 1
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(StoreError, match="newer than this RetriKT reads.*upgrade retrikt"):
         KnowledgeStore.open(tmp_path / "s")
@@ -360,7 +362,7 @@ def test_interrupted_save_leaves_the_old_store(tmp_path, monkeypatch):
     def crash_before_swap(*args):
         raise OSError("killed")
 
-    monkeypatch.setattr(store_mod, "_write_manifest", crash_before_swap)
+    monkeypatch.setattr(store_mod, "write_manifest", crash_before_swap)
     with pytest.raises(OSError, match="killed"):
         store.save()
     monkeypatch.undo()
@@ -379,7 +381,7 @@ def test_killed_save_leaves_the_old_store(tmp_path):
         import os, signal, sys
         import numpy as np
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        import retrikt.store as store_mod
+        import retrikt.store.knowledge_store as store_mod
         from test_store import fake_embed, make_entries
         store = store_mod.KnowledgeStore.open({str(tmp_path / "s")!r})
         more = make_entries(20, 40)

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from retrikt.cli import main
 from retrikt.errors import DataError
 from retrikt.tasks import TASKS, get_task
 
@@ -178,3 +179,59 @@ def test_parse_input_accepts_dicts_strings_and_pairs():
 def test_parse_input_rejects_bad_input(item, message):
     with pytest.raises(DataError, match=message):
         get_task("cb").parse_input(item, max_chars=20)
+
+
+# ------------------------------------------------------------- issue 18: bad data is an error
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"premise": "a", "hypothesis": "b", "label": 0}\n\xff\xfe\n', r"train\.jsonl:2: not "
+         r"UTF-8 text \(byte 0xff at column 1\)"),
+        (b"[" * 100_000 + b"\n", r"train\.jsonl:1: JSON nested too deeply"),
+        (b'{"premise": 3, "hypothesis": "b", "label": 0}\n', "'premise' must be a string, got int"),
+        (b'{"premise": null, "hypothesis": "b", "label": 0}\n', "'premise' must be a string, got "
+         "null"),
+        (b'{"premise": "a", "hypothesis": "b"}\n', r"train\.jsonl:1: no label"),
+        (b"", r"train\.jsonl holds no examples: the cb train split is empty"),
+        (b"\n  \n", "holds no examples"),
+    ],
+)  # fmt: skip
+def test_bad_training_files_are_errors_naming_file_and_line(tmp_path, content, message):
+    path = tmp_path / "superglue/CB/train.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        get_task("cb").read("train", tmp_path)
+
+
+def test_an_unlabelled_test_split_is_fine_but_an_unlabelled_validation_split_is_not(tmp_path):
+    row = json.dumps({"premise": "a", "hypothesis": "b", "idx": 0}) + "\n"
+    _write(tmp_path / "superglue/CB/test.jsonl", row)
+    _write(tmp_path / "superglue/CB/val.jsonl", row)
+    assert get_task("cb").read("test", tmp_path)[0]["label"] is None
+    with pytest.raises(DataError, match=r"val\.jsonl:1: no label"):
+        get_task("cb").read("validation", tmp_path)
+
+
+def test_non_utf8_tsv_names_the_line(tmp_path):
+    path = tmp_path / "glue/MRPC/train.tsv"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(
+        b"Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\ta\tb\n1\t1\t2\t\xe9\tb\n"
+    )
+    with pytest.raises(DataError, match=r"train\.tsv:3: not UTF-8 text"):
+        get_task("mrpc").read("train", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [(b"\xff\n", "not UTF-8 text"), (b"[" * 100_000, "nested too deeply"),
+     (b'{"premise": null, "hypothesis": "b", "label": 0}\n', "must be a string"), (b"", "empty")],
+)  # fmt: skip
+def test_inspect_data_exits_1_with_one_line(tmp_path, caplog, capsys, content, needle):
+    """Issue 18.4/18.5: these used to be tracebacks, or exit 0 with '0 examples'."""
+    path = tmp_path / "superglue/CB/train.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    assert main(["inspect-data", "--task", "cb", "--data-dir", str(tmp_path)]) == 1
+    assert needle in caplog.text and "Traceback" not in capsys.readouterr().err

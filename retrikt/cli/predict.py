@@ -60,11 +60,11 @@ def run(args: argparse.Namespace) -> int:
         raise RetriktError("--batch-size must be at least 1")
     from tqdm import tqdm
 
-    from retrikt.student import RetriKT
+    from retrikt.student_folder import load_student
 
     # Open both ends before the slow model load, so a wrong path fails at once.
     with _open_input(args.input) as source, _open_output(args.output) as sink:
-        model = RetriKT.from_pretrained(args.model)
+        model = load_student(args.model)
         name = _where(args.input, "stdin")
         written = invalid = 0
         pending: list[tuple[int, dict[str, Any] | DataError]] = []
@@ -112,6 +112,8 @@ def _parse_lines(
             yield number, task.parse_input(json.loads(text), where)
         except json.JSONDecodeError as err:
             yield number, DataError(f"{where}: not valid JSON ({err.msg} at column {err.colno})")
+        except RecursionError:
+            yield number, DataError(f"{where}: JSON nested too deeply (an input is flat)")
         except DataError as err:
             yield number, err
 

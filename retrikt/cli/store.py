@@ -12,13 +12,16 @@ DESCRIPTION = """\
 Work with a knowledge store folder (made by `retrikt build-store`).
 
   info     what the store holds: task, labels, encoder, index, provenance, files
-  verify   re-hash every file against the manifest; exit 1 naming a bad file
+  verify   re-hash every file against the manifest; exit 1 naming a bad file, or
+           an empty store left by an interrupted write
   sample   print a few entries readably
   merge    combine stores of the same task and encoder, dropping duplicates and
            recording which store and generator each entry came from
   reindex  re-embed every entry with another encoder into a new store
 
 info and sample check file sizes but skip hashing; use verify for a full check.
+merge and reindex --out write the new store beside OUT and rename it into place, so
+a run that is killed leaves no store at OUT and can simply be run again.
 """
 
 
@@ -57,7 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "labels, rewards, generator and provenance.",
     )
     sample.add_argument("path", help="store folder")
-    sample.add_argument("-n", type=int, default=5, help="how many entries (default 5)")
+    sample.add_argument(
+        "-n", type=_positive_int, default=5, help="how many entries, at least 1 (default 5)"
+    )
     sample.add_argument("--seed", type=int, default=0, help="which random entries (default 0)")
     sample.set_defaults(func=_sample)
 
@@ -93,8 +98,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     target.add_argument(
         "--in-place", action="store_true", help="save it as a new version of PATH instead"
     )
-    reindex.add_argument("--batch-size", type=int, default=64, help="encoder batch size")
+    reindex.add_argument("--batch-size", type=_positive_int, default=64, help="encoder batch size")
     reindex.set_defaults(func=_reindex)
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a count of at least 1 (argparse then exits 2 with a one-line message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _open(path: str, verify: bool = False, encoder: str | None = None):
@@ -122,6 +138,7 @@ def _info(args: argparse.Namespace) -> int:
     norm = "normalized" if encoder["normalized"] else "not normalized"
     print(f"encoder    {encoder['id']}  ({encoder['dim']}-dim, {norm})")
     print(f"entries    {len(store)}")
+    print(f"digest     {store.digest}  (store id {store.store_id})")
     print(
         f"index      {index['kind']} ({index['factory']}), requested {index['requested']}, "
         f"search {index['search_params']}"
@@ -149,7 +166,8 @@ def _verify(args: argparse.Namespace) -> int:
     size = sum(report.files.values())
     print(
         f"OK {report.path}: version {report.version}, {report.entry_count} entries, "
-        f"{len(report.files)} files ({size:,d} bytes) match their sha256; index {report.index}"
+        f"{len(report.files)} files ({size:,d} bytes) match their sha256; index {report.index}; "
+        f"digest {report.digest}"
     )
     return 0
 

@@ -55,6 +55,7 @@ from retrikt.generator.rl import METHODS as RL_METHODS
 from retrikt.generator.sampler import Sampler, SamplingConfig
 from retrikt.generator.teacher import LLMTeacher
 from retrikt.generator.templates import (
+    END,
     generation_prompt,
     instruction_prompt,
     label_options,
@@ -492,6 +493,8 @@ def build_store(config: BuildConfig) -> Path:
         config, data, records, encoder, teacher.id, generator_id
     )
     logger.info("%s: %s", task.name, stats)
+    if not entries:
+        raise RetriktError(f"{task.name}: {empty_build_reason(records, stats, config)}")
     generator_info = {
         "id": generator_id,
         "model": config.generator,
@@ -519,3 +522,27 @@ def build_store(config: BuildConfig) -> Path:
     os.replace(staging, out)
     logger.info("wrote %d entries to %s", len(entries), out)
     return out
+
+
+def empty_build_reason(
+    records: list[dict[str, Any]], stats: dict[str, Any], config: BuildConfig
+) -> str:
+    """Why a build kept no entries, as the one-line error that replaces a 0-entry store."""
+    total = len(records)
+    parsed = sum(r["fields"] is not None for r in records)
+    if total == 0:
+        return "the generator wrote no outputs; no store was written"
+    if parsed == 0:
+        cut = sum(END not in r["text"] for r in records)
+        limit = f"--max-new-tokens {config.sampling.max_new_tokens}"
+        why = (
+            f"all were cut at {limit}" if cut == total else f"{cut} cut at {limit}, rest malformed"
+        )
+        return (
+            f"0 of {total} outputs parsed: {why}; no store was written (raise --max-new-tokens, "
+            "lower --temperature or generate more with --samples-per-label)"
+        )
+    return (
+        f"{parsed} of {total} outputs parsed, {stats['valid']} valid, {stats['duplicates']} of "
+        "those duplicates: nothing to keep; no store was written"
+    )

@@ -1,42 +1,20 @@
-"""The knowledge store: teacher-labelled examples, their embeddings and a FAISS index, kept as a
-versioned, checksummed folder of standard files.
+"""The knowledge store's operations: create, open, search, add, save, verify, merge, reindex.
 
-Users keep stores for months, share them and rebuild students against them, so a store is
-plain JSON, Parquet, ``.npy`` and a FAISS index rather than a pickle, and its manifest pins
-down what produced every byte. Layout (documented in ``knowledge_store/README.md``)::
-
-    STORE/
-      manifest.json        the commit point: metadata, current data folder, sha256 of each file
-      .lock                writers hold an flock on it while saving
-      v000007-1a2b3c4d/    immutable data folder of the current version
-        entries.parquet    one row per example (id, fields, text, labels, rewards, provenance)
-        vectors.npy        float32 (N, dim) embeddings, row i = entry i
-        index.faiss        the search index over those vectors
-      v000006-.../         the previous version, kept for readers that opened it before the swap
-
-A save writes a new data folder aside and then replaces ``manifest.json`` with ``os.replace``.
-Readers resolve the manifest once and read only the folder it names, so they see the old or
-the new version and never a mix; a save killed half-way leaves the old manifest in charge.
-
-The store never embeds text itself: callers pass vectors (``retrikt.encoder.Encoder`` makes
-them), so the store stays independent of any model.
+The layers below it: ``manifest`` (schema and commit point), ``index`` (FAISS), ``files``
+(locking and atomic I/O). See the package docstring for the folder layout.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
-import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -49,41 +27,25 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from retrikt.errors import StoreError
+from retrikt.store import files as fs
+from retrikt.store.index import IndexConfig, VectorIndex, choose_index
+from retrikt.store.manifest import (
+    DATA_DIR,
+    ENTRIES_NAME,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    INDEX_NAME,
+    MANIFEST_NAME,
+    VECTORS_NAME,
+    content_digest,
+    data_dir,
+    read_manifest,
+    write_manifest,
+)
 
 logger = logging.getLogger(__name__)
 
-FORMAT_NAME = "retrikt-knowledge-store"
-FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-ENTRIES_NAME = "entries.parquet"
-VECTORS_NAME = "vectors.npy"
-INDEX_NAME = "index.faiss"
-LOCK_NAME = ".lock"
-INDEX_KINDS = ("auto", "flat", "hnsw", "ivfpq", "ivfsq")
-IVF_KINDS = ("ivfpq", "ivfsq")
-
-# Index choice, from experiments/results/store_benchmark.md (2 shared cores, 384-dim): exact
-# search stays within 5 ms p50 at batch 1 up to 100k entries; past that ``auto`` takes IVF
-# with 6-bit scalar codes (recall@10 0.96 at 1M in 0.19 of the flat memory), where IVF-PQ
-# (0.13) plateaus at 0.93. HNSW is faster at 100k but larger than the flat vectors and slow to
-# build, so it is chosen only by flag.
-AUTO_EXACT_MAX = 100_000
-AUTO_LARGE = "ivfsq"
-IVF_MIN_POINTS_PER_LIST = 39  # faiss warns below this many training points per centroid
-IVF_MIN_ENTRIES = 20_000  # fewer entries than this: exact search is fast and IVF trains badly
-IVF_TRAIN_POINTS_PER_LIST = 64  # k-means sample: 64 points per list keeps 1M builds in minutes
-IVF_NPROBE = {"ivfpq": 16, "ivfsq": 16}
-HNSW_M = 32
-HNSW_EF_CONSTRUCTION = 64
-HNSW_EF_SEARCH = 128  # recall@10 0.98 at 100k in the benchmark (64: 0.96)
-EXACT_BLAS_BATCH = 16  # from this many queries one BLAS product beats the fp16 scan
-EXACT_CANDIDATES = 64  # fp16 candidates re-scored exactly before the exactness certificate
-# fp16 rounds each component with relative error <= 2**-11; twice that also covers float32
-# accumulation over a few thousand dimensions.
-FP16_ERROR = 2.0**-10
-_ADD_CHUNK = 65_536
 _OPEN_RETRIES = 20
-_DATA_DIR = re.compile(r"^v\d{6}-[0-9a-f]{8}$")
 
 
 # --------------------------------------------------------------------------- entries
@@ -163,193 +125,9 @@ class VerifyReport:
     entry_count: int
     files: dict[str, int]  # file name -> size in bytes
     index: str
+    digest: str  # content_digest: pin it to demand this exact content later
 
 
-# --------------------------------------------------------------------------- index
-@dataclass(frozen=True)
-class IndexConfig:
-    """Which FAISS index a store uses and how it is built and searched (kept in the manifest)."""
-
-    kind: str  # "flat" (certified exact), "hnsw", "ivfpq" or "ivfsq"
-    factory: str  # a faiss.index_factory string, inner-product metric
-    search_params: dict[str, int] = field(default_factory=dict)  # nprobe / efSearch
-    build_params: dict[str, int] = field(default_factory=dict)  # efConstruction / train_size
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "factory": self.factory,
-            "search_params": dict(self.search_params),
-            "build_params": dict(self.build_params),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> IndexConfig:
-        return cls(
-            kind=data["kind"],
-            factory=data["factory"],
-            search_params=dict(data.get("search_params", {})),
-            build_params=dict(data.get("build_params", {})),
-        )
-
-
-def _ivf_codec(kind: str, dim: int) -> str:
-    """Per-vector codes of the IVF kinds, as faiss.index_factory spells them."""
-    if kind == "ivfsq":
-        return "SQ6"  # 6 bits per dimension: 0.19 of float32
-    # PQ with two dimensions per 8-bit sub-quantizer (0.125 of float32); "np" skips the
-    # polysemous training faiss would otherwise run (minutes of CPU, unused here).
-    return f"PQ{dim // 2 if dim % 2 == 0 else dim}x8np"
-
-
-def choose_index(requested: str, n: int, dim: int) -> IndexConfig:
-    """The index for ``n`` vectors: the requested kind, or by size for ``auto``.
-
-    The IVF kinds need enough vectors to train; below ``IVF_MIN_ENTRIES`` the store searches
-    exactly until it grows (exact search is fast at that size anyway).
-    """
-    if requested not in INDEX_KINDS:
-        raise StoreError(
-            f"unknown index kind {requested!r}; choose one of {', '.join(INDEX_KINDS)}"
-        )
-    kind = requested
-    if kind == "auto":
-        kind = "flat" if n <= AUTO_EXACT_MAX else AUTO_LARGE
-    if kind in IVF_KINDS and n < IVF_MIN_ENTRIES:
-        kind = "flat"
-    if kind == "flat":
-        # fp16 codes are scanned, then the best candidates re-scored from the float32 vectors.
-        return IndexConfig("flat", "SQfp16", {"candidates": EXACT_CANDIDATES})
-    if kind == "hnsw":
-        return IndexConfig(
-            "hnsw",
-            f"HNSW{HNSW_M},Flat",
-            {"efSearch": HNSW_EF_SEARCH},
-            {"efConstruction": HNSW_EF_CONSTRUCTION},
-        )
-    # About 4 * sqrt(n) lists, a power of two so the config (and a rebuild) changes only when
-    # the store has grown about fourfold, and never fewer training points than faiss wants.
-    nlist = 2 ** int(math.log2(min(4 * math.sqrt(n), n / IVF_MIN_POINTS_PER_LIST)))
-    return IndexConfig(
-        kind,
-        f"IVF{nlist},{_ivf_codec(kind, dim)}",
-        {"nprobe": min(IVF_NPROBE[kind], nlist)},
-        {"train_size": min(n, IVF_TRAIN_POINTS_PER_LIST * nlist)},
-    )
-
-
-class VectorIndex:
-    """A FAISS index plus what searching it takes.
-
-    For ``flat`` the index holds fp16 codes (half the bytes to scan of float32); the best
-    ``candidates`` are re-scored from the float32 vectors and a bound on the fp16 rounding
-    error certifies that no other vector can enter the top k, falling back to a full float32
-    search when it cannot. faiss's IndexRefine does the two stages but gives no such
-    guarantee, and would keep a second float32 copy of the vectors in memory.
-    """
-
-    def __init__(self, config: IndexConfig, index: faiss.Index, max_norm: float):
-        self.config = config
-        self.index = index
-        self.max_norm = max_norm
-        params = faiss.ParameterSpace()
-        for name, value in config.search_params.items():
-            if name != "candidates":
-                params.set_index_parameter(index, name, value)
-
-    @classmethod
-    def build(cls, config: IndexConfig, vectors: np.ndarray, seed: int = 0) -> VectorIndex:
-        dim = vectors.shape[1]
-        index = faiss.index_factory(dim, config.factory, faiss.METRIC_INNER_PRODUCT)
-        if config.kind == "hnsw":
-            index.hnsw.efConstruction = config.build_params["efConstruction"]
-        if not index.is_trained:
-            size = min(len(vectors), config.build_params.get("train_size", len(vectors)))
-            rows = np.sort(np.random.default_rng(seed).choice(len(vectors), size, replace=False))
-            ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
-            ivf.cp.max_points_per_centroid = IVF_TRAIN_POINTS_PER_LIST
-            if isinstance(ivf, faiss.IndexIVFPQ):  # PQ codebooks: 64 points per centroid do
-                ivf.pq.cp.max_points_per_centroid = IVF_TRAIN_POINTS_PER_LIST
-            logger.info("training %s on %d of %d vectors", config.factory, size, len(vectors))
-            index.train(np.ascontiguousarray(vectors[rows]))
-        built = cls(config, index, 0.0)
-        built.add(vectors)
-        return built
-
-    @classmethod
-    def from_bytes(cls, config: IndexConfig, data: bytes, max_norm: float) -> VectorIndex:
-        return cls(config, faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8)), max_norm)
-
-    @property
-    def ntotal(self) -> int:
-        return int(self.index.ntotal)
-
-    def nbytes(self) -> int:
-        """Size of the serialised index, which is what it occupies in memory to within a few %."""
-        return int(faiss.serialize_index(self.index).nbytes)
-
-    def add(self, vectors: np.ndarray) -> None:
-        chunks = range(0, len(vectors), _ADD_CHUNK)
-        for start in tqdm(chunks, desc=f"indexing ({self.config.kind})", disable=len(chunks) < 4):
-            chunk = np.ascontiguousarray(vectors[start : start + _ADD_CHUNK], dtype=np.float32)
-            self.index.add(chunk)
-            self.max_norm = max(self.max_norm, float(np.linalg.norm(chunk, axis=1).max()))
-
-    def search(
-        self, queries: np.ndarray, k: int, vectors: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k inner products; ``vectors`` are the store's float32 rows (used by ``flat``)."""
-        if self.config.kind == "flat":
-            scores, indices = self._exact_search(queries, k, vectors)
-        else:
-            scores, indices = self.index.search(queries, k)
-        indices = indices.astype(np.int64, copy=False)
-        scores = scores.astype(np.float32, copy=False)
-        scores[indices < 0] = -np.inf
-        return scores, indices
-
-    def _exact_search(
-        self, queries: np.ndarray, k: int, vectors: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        n = len(vectors)
-        candidates = min(n, max(self.config.search_params.get("candidates", 0), 2 * k))
-        if len(queries) >= EXACT_BLAS_BATCH or candidates == n:
-            with _blas_from(EXACT_BLAS_BATCH):
-                return faiss.knn(queries, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
-        approx, cand = self.index.search(queries, candidates)
-        exact = np.matmul(vectors[cand], queries[:, :, None])[:, :, 0]
-        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-        scores = np.take_along_axis(exact, order, axis=1)
-        indices = np.take_along_axis(cand, order, axis=1)
-        # Any vector outside the candidates has an fp16 score <= approx[:, -1], hence a true
-        # score <= approx[:, -1] + error; if the k-th exact score clears that, the top k is exact.
-        error = FP16_ERROR * self.max_norm * np.linalg.norm(queries, axis=1)
-        unsure = np.flatnonzero(scores[:, -1] < approx[:, -1] + error)
-        if len(unsure):
-            scores[unsure], indices[unsure] = faiss.knn(
-                queries[unsure], vectors, k, metric=faiss.METRIC_INNER_PRODUCT
-            )
-        return scores, indices
-
-
-@contextlib.contextmanager
-def _blas_from(queries: int) -> Iterator[None]:
-    """Let faiss's brute-force search use BLAS from ``queries`` queries on.
-
-    faiss 1.15 defaults to BLAS only from 128000 queries; at batch 64 over 100k vectors its
-    SIMD scan costs six times the CPU of one BLAS product (measured on this machine). The
-    setting is process-global: a concurrent search may briefly see either value, which changes
-    its speed, never its result.
-    """
-    previous = faiss.cvar.distance_compute_blas_threshold
-    faiss.cvar.distance_compute_blas_threshold = queries
-    try:
-        yield
-    finally:
-        faiss.cvar.distance_compute_blas_threshold = previous
-
-
-# --------------------------------------------------------------------------- files
 class _Rows:
     """Growable float32 matrix; appending by np.concatenate would copy the whole store per batch."""
 
@@ -379,83 +157,34 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def _sha256_bytes(data: bytes | memoryview) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _manifest_digest(manifest: dict[str, Any]) -> str:
-    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    return _sha256_bytes(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
-
-
-def _write_manifest(root: Path, manifest: dict[str, Any]) -> None:
-    manifest["manifest_sha256"] = _manifest_digest(manifest)
-    tmp = root / f".{MANIFEST_NAME}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    _fsync_file(tmp)
-    os.replace(tmp, root / MANIFEST_NAME)
-    _fsync_file(root)
-
-
-def _read_manifest(root: Path) -> dict[str, Any]:
-    """The manifest, checked for format, version and self-consistency before anything is read."""
-    path = root / MANIFEST_NAME
-    if not root.is_dir():
-        raise StoreError(f"no knowledge store at {root}: the folder does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+def _check_destination(root: Path) -> None:
+    """A new store goes into a new or empty folder, never over another store or other files."""
+    if (root / MANIFEST_NAME).exists():
         raise StoreError(
-            f"{root} is not a knowledge store: it has no {MANIFEST_NAME} "
-            "(create one with KnowledgeStore.create or `retrikt build-store`)"
-        ) from None
-    try:
-        manifest = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise StoreError(
-            f"{path} is not valid JSON ({err.msg} at line {err.lineno}): the file is truncated "
-            "or corrupted"
-        ) from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise StoreError(f"{path} is not a RetriKT knowledge-store manifest (no format field)")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version < 1:
-        raise StoreError(f"{path}: format_version {version!r} is not a positive integer")
-    if version > FORMAT_VERSION:
-        raise StoreError(
-            f"{path} was written in store format_version {version}, newer than this RetriKT "
-            f"reads (up to {FORMAT_VERSION}): upgrade retrikt to open it"
+            f"{root} already holds a knowledge store: open it with KnowledgeStore.open, "
+            "or choose a new folder"
         )
-    if manifest.get("manifest_sha256") != _manifest_digest(manifest):
-        raise StoreError(
-            f"{path} was altered after it was written: its content no longer matches its "
-            "manifest_sha256 (restore the file from the store's source)"
-        )
-    return manifest
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise StoreError(f"{root} exists and is not an empty folder: choose a new folder")
 
 
-@contextlib.contextmanager
-def _writer_lock(root: Path) -> Iterator[None]:
-    """One writer at a time per store folder (readers never lock)."""
-    with open(root / LOCK_NAME, "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _describe(schema: pa.Schema) -> str:
+    return ", ".join(f"{f.name}: {f.type}" for f in schema)
+
+
+def _parse_entries(path: Path, raw: bytes) -> pa.Table:
+    """The entries table, parsed in this thread from bytes already checked.
+
+    Not ``pq.read_table``: it goes through Arrow's dataset scanner, whose last reference to
+    the Python bytes can be dropped on an Arrow worker thread after the call returns. If
+    that happens while the interpreter exits, the worker cannot take the GIL, is torn down
+    mid-C++-frame and the process aborts ("terminate called without an active exception",
+    exit 134, seen after `retrikt store verify` printed OK).
+    """
+    try:
+        return pq.ParquetFile(pa.BufferReader(raw)).read(use_threads=False)
+    except (pa.ArrowException, OSError) as err:
+        raise StoreError(f"{path} is not readable Parquet: {err}") from None
 
 
 def _check_file(path: Path, record: dict[str, Any], verify: bool, data: bytes | None) -> None:
@@ -468,7 +197,7 @@ def _check_file(path: Path, record: dict[str, Any], verify: bool, data: bytes | 
             "(restore the store from a good copy)"
         )
     if verify:
-        digest = _sha256_bytes(data) if data is not None else _sha256_file(path)
+        digest = fs.sha256_bytes(data) if data is not None else fs.sha256_file(path)
         if digest != record["sha256"]:
             raise StoreError(
                 f"{path} was altered or corrupted: its sha256 is {digest[:16]}..., the manifest "
@@ -560,12 +289,37 @@ class KnowledgeStore:
         ``label_names`` is None for regression tasks (soft labels are then ``[score]``);
         ``normalized`` means vectors are unit length so inner product is cosine similarity.
         """
+        store = cls._new(
+            path,
+            task=task,
+            label_names=label_names,
+            encoder_id=encoder_id,
+            dim=dim,
+            normalized=normalized,
+            generator=generator,
+            teacher=teacher,
+            index=index,
+        )
+        store._publish()
+        return store
+
+    @classmethod
+    def _new(
+        cls,
+        path: str | os.PathLike,
+        *,
+        task: str,
+        label_names: list[str] | None,
+        encoder_id: str,
+        dim: int,
+        normalized: bool,
+        generator: Any,
+        teacher: Any,
+        index: str,
+    ) -> KnowledgeStore:
+        """A store in memory only, bound for ``path``; ``_publish`` writes it there whole."""
         root = Path(path)
-        if (root / MANIFEST_NAME).exists():
-            raise StoreError(
-                f"{root} already holds a knowledge store: open it with KnowledgeStore.open, "
-                "or choose a new folder"
-            )
+        _check_destination(root)
         if not isinstance(dim, int) or dim < 1:
             raise StoreError(f"dim must be a positive integer, got {dim!r}")
         choose_index(index, 0, dim)  # rejects unknown kinds before touching the disk
@@ -576,7 +330,6 @@ class KnowledgeStore:
                 json.dumps(value)
             except TypeError as err:
                 raise StoreError(f"{name} metadata must be JSON-serialisable: {err}") from None
-        root.mkdir(parents=True, exist_ok=True)
         now = _now()
         manifest: dict[str, Any] = {
             "format": FORMAT_NAME,
@@ -601,8 +354,19 @@ class KnowledgeStore:
         table = _entries_schema(label_names is None, num_labels).empty_table()
         store = cls(root, manifest, table, np.zeros((0, dim), dtype=np.float32))
         store._dirty = True
-        store.save()
         return store
+
+    def _publish(self) -> None:
+        """Write this new store's first version aside and rename the whole folder into place.
+
+        A process killed before the rename leaves no store at ``path`` (only a staging folder
+        beside it, removed by the next write there), so a rerun starts clean.
+        """
+        _check_destination(self.path)
+        with fs.staged_folder(self.path) as staging:
+            self._commit(staging)
+        self._dirty = False
+        logger.info("wrote %s: version %d, %d entries", self.path, self.version, len(self))
 
     @classmethod
     def open(
@@ -611,21 +375,24 @@ class KnowledgeStore:
         *,
         expected_encoder: str | None = None,
         expected_dim: int | None = None,
+        expected_digest: str | None = None,
         verify: bool = True,
     ) -> KnowledgeStore:
-        """Open the current version, checking format, encoder, dimension, sizes and sha256.
+        """Open the current version, checking schema, encoder, dimension, sizes and sha256.
 
-        ``verify=False`` skips hashing (sizes and counts are still checked). If a writer
-        replaces the version while it is being read, the new version is opened instead.
+        ``verify=False`` skips hashing (sizes and counts are still checked);
+        ``expected_digest`` pins the content (``content_digest``) the caller recorded. If a
+        writer replaces the version while it is being read, the new version is opened instead.
+        Staging folders left by killed writers are removed when no writer is active.
         """
         root = Path(path)
         for _ in range(_OPEN_RETRIES):
-            manifest = _read_manifest(root)
-            cls._check_expected(root, manifest, expected_encoder, expected_dim)
+            manifest = read_manifest(root)
+            cls._check_expected(root, manifest, expected_encoder, expected_dim, expected_digest)
             try:
                 table, vectors, index = cls._load_version(root, manifest, verify)
             except FileNotFoundError as err:
-                if _read_manifest(root).get("data") == manifest.get("data"):
+                if read_manifest(root).get("data") == manifest.get("data"):
                     raise StoreError(
                         f"{err.filename} is missing: the store at {root} is incomplete "
                         "(restore it from a good copy)"
@@ -634,15 +401,41 @@ class KnowledgeStore:
                 continue
             store = cls(root, manifest, table, vectors)
             store._index = index
+            store._sweep()
             return store
         raise StoreError(
             f"{root} changed {_OPEN_RETRIES} times while being opened: a writer is saving "
             "faster than it can be read; retry when it is idle"
         )
 
+    def _sweep(self) -> None:
+        """Remove leftovers of killed saves, unless they are the evidence ``verify`` needs.
+
+        An empty store beside an unfinished save is kept as it is: that save was filling it.
+        """
+        with fs.try_writer_lock(self.path) as idle:
+            if not idle or (len(self) == 0 and self._interrupted_save() is not None):
+                return
+            for orphan in fs.orphans(self.path):
+                logger.info("removing %s, left by a save that was killed", orphan)
+                fs.remove(orphan)
+
+    def _interrupted_save(self) -> Path | None:
+        """The staging folder of a later version whose writer is gone (caller holds the lock)."""
+        later = [
+            p
+            for p in fs.orphans(self.path)
+            if p.is_dir() and p.name[len(fs.STAGING_PREFIX) :] > self._manifest["data"]
+        ]
+        return later[0] if later else None
+
     @staticmethod
     def _check_expected(
-        root: Path, manifest: dict[str, Any], encoder: str | None, dim: int | None
+        root: Path,
+        manifest: dict[str, Any],
+        encoder: str | None,
+        dim: int | None,
+        digest: str | None,
     ) -> None:
         stored = manifest["encoder"]
         if encoder is not None and stored["id"] != encoder:
@@ -656,54 +449,65 @@ class KnowledgeStore:
                 f"{root} holds {stored['dim']}-dimensional vectors but {dim} were expected: "
                 "it was built with a different encoder; re-embed it with `retrikt store reindex`"
             )
+        if digest is not None and content_digest(manifest) != digest:
+            raise StoreError(
+                f"{root} holds different content (digest {content_digest(manifest)[:16]}...) "
+                f"than the one expected ({digest[:16]}...): it was changed or replaced"
+            )
 
     @staticmethod
     def _load_version(
         root: Path, manifest: dict[str, Any], verify: bool
     ) -> tuple[pa.Table, np.ndarray, VectorIndex]:
         """Read and check one immutable data folder; FileNotFoundError if it was removed."""
-        data_dir = root / manifest["data"]
+        folder = data_dir(root, manifest)
         files = manifest["files"]
-        missing = {ENTRIES_NAME, VECTORS_NAME, INDEX_NAME} - set(files)
-        if missing:
-            raise StoreError(f"{root / MANIFEST_NAME} lists no checksum for {sorted(missing)}")
         # Entries and index are read once into memory, checked, then parsed from those bytes,
         # so a file cannot change between its check and its use.
-        entries_path = data_dir / ENTRIES_NAME
+        entries_path = folder / ENTRIES_NAME
         raw = entries_path.read_bytes()
         _check_file(entries_path, files[ENTRIES_NAME], verify, raw)
-        try:
-            table = pq.read_table(pa.BufferReader(raw))
-        except (pa.ArrowException, OSError) as err:
-            raise StoreError(f"{entries_path} is not readable Parquet: {err}") from None
-        vectors_path = data_dir / VECTORS_NAME
+        table = _parse_entries(entries_path, raw)
+        labels = manifest["label_names"]
+        expected = _entries_schema(labels is None, len(labels) if labels is not None else 1)
+        if not table.schema.equals(expected):
+            raise StoreError(
+                f"{entries_path} does not have the columns the manifest implies "
+                f"({len(labels or [None])} soft-label values per row for labels {labels}): "
+                f"it has {_describe(table.schema)}"
+            )
+        vectors_path = folder / VECTORS_NAME
         _check_file(vectors_path, files[VECTORS_NAME], verify, None)
         try:
             vectors = np.load(vectors_path, mmap_mode="r", allow_pickle=False)
         except ValueError as err:
             raise StoreError(f"{vectors_path} is not a readable .npy array: {err}") from None
-        index_path = data_dir / INDEX_NAME
+        index_path = folder / INDEX_NAME
         raw = index_path.read_bytes()
         _check_file(index_path, files[INDEX_NAME], verify, raw)
         config = IndexConfig.from_dict(manifest["index"])
-        max_norm = float(manifest["index"].get("max_norm", 1.0))
         try:
-            index = VectorIndex.from_bytes(config, raw, max_norm)
+            index = VectorIndex.from_bytes(config, raw, manifest["index"]["max_norm"])
         except RuntimeError as err:
             raise StoreError(f"{index_path} is not a readable FAISS index: {err}") from None
         encoder = manifest["encoder"]
         counts = {
             "manifest entry_count": manifest["entry_count"],
             ENTRIES_NAME: table.num_rows,
-            VECTORS_NAME: vectors.shape[0],
+            VECTORS_NAME: vectors.shape[0] if vectors.ndim else None,
             INDEX_NAME: index.ntotal,
         }
         if len(set(counts.values())) != 1:
-            raise StoreError(f"{data_dir} is inconsistent: row counts differ {counts}")
+            raise StoreError(f"{folder} is inconsistent: row counts differ {counts}")
         if vectors.ndim != 2 or vectors.shape[1] != encoder["dim"] or vectors.dtype != np.float32:
             raise StoreError(
                 f"{vectors_path} holds {vectors.dtype} {vectors.shape}, but the manifest says "
                 f"float32 (N, {encoder['dim']})"
+            )
+        if index.index.d != encoder["dim"]:
+            raise StoreError(
+                f"{index_path} indexes {index.index.d}-dim vectors, the manifest says "
+                f"{encoder['dim']}"
             )
         return table, vectors, index
 
@@ -908,49 +712,63 @@ class KnowledgeStore:
 
         Raises StoreError if another writer saved this store since it was opened here.
         """
-        with _writer_lock(self.path):
-            if (self.path / MANIFEST_NAME).exists():
-                on_disk = _read_manifest(self.path)
-                if (on_disk["store_id"], on_disk["version"]) != (self.store_id, self.version):
-                    raise StoreError(
-                        f"{self.path} was saved by another writer (now version "
-                        f"{on_disk['version']}, this copy has version {self.version}): reopen "
-                        "it and apply the changes again"
-                    )
+        if self._manifest["data"] is None:  # made by _new, never written
+            self._publish()
+            return
+        with fs.writer_lock(self.path):
+            on_disk = read_manifest(self.path)
+            if (on_disk["store_id"], on_disk["version"]) != (self.store_id, self.version):
+                raise StoreError(
+                    f"{self.path} was saved by another writer (now version "
+                    f"{on_disk['version']}, this copy has version {self.version}): reopen "
+                    "it and apply the changes again"
+                )
             if not self._dirty:
                 return
-            index = self._ensure_index()
-            version = self.version + 1
-            data_name = f"v{version:06d}-{uuid.uuid4().hex[:8]}"
-            tmp = self.path / f".tmp-{data_name}"
-            tmp.mkdir()
-            try:
-                files = self._write_data(tmp, index)
-                os.rename(tmp, self.path / data_name)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            _fsync_file(self.path)
             previous = self._manifest["data"]
-            manifest = dict(self._manifest)
-            manifest.update(
-                version=version,
-                updated=_now(),
-                entry_count=len(self),
-                data=data_name,
-                files=files,
-                writer=_writer_versions(),
-                index={
-                    "requested": self.requested_index,
-                    **index.config.to_dict(),
-                    "max_norm": index.max_norm,
-                },
-            )
-            _write_manifest(self.path, manifest)
-            self._manifest = manifest
+            self._commit(self.path)
             self._dirty = False
-            self._collect_garbage(keep={data_name, previous})
-        logger.info("saved %s: version %d, %d entries", self.path, version, len(self))
+            for orphan in fs.orphans(self.path):
+                fs.remove(orphan)
+            keep = (previous, self._manifest["data"])
+            for child in self.path.iterdir():  # versions older than the previous one
+                if DATA_DIR.match(child.name) and child.name not in keep:
+                    shutil.rmtree(child, ignore_errors=True)
+        logger.info("saved %s: version %d, %d entries", self.path, self.version, len(self))
+
+    def _commit(self, root: Path) -> None:
+        """Write the next version into ``root``: a staged data folder, then the manifest swap.
+
+        The caller holds the folder's writer lock.
+        """
+        index = self._ensure_index()
+        version = self.version + 1
+        data_name = f"v{version:06d}-{uuid.uuid4().hex[:8]}"
+        tmp = root / f"{fs.STAGING_PREFIX}{data_name}"
+        tmp.mkdir()
+        try:
+            files = self._write_data(tmp, index)
+            os.rename(tmp, root / data_name)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        fs.fsync_path(root)
+        manifest = dict(self._manifest)
+        manifest.update(
+            version=version,
+            updated=_now(),
+            entry_count=len(self),
+            data=data_name,
+            files=files,
+            writer=_writer_versions(),
+            index={
+                "requested": self.requested_index,
+                **index.config.to_dict(),
+                "max_norm": index.max_norm,
+            },
+        )
+        write_manifest(root, manifest)
+        self._manifest = manifest
 
     def _write_data(self, folder: Path, index: VectorIndex) -> dict[str, dict[str, Any]]:
         pq.write_table(self._table, folder / ENTRIES_NAME, compression="zstd")
@@ -959,29 +777,39 @@ class KnowledgeStore:
         files = {}
         for name in (ENTRIES_NAME, VECTORS_NAME, INDEX_NAME):
             path = folder / name
-            _fsync_file(path)
-            files[name] = {"size": path.stat().st_size, "sha256": _sha256_file(path)}
-        _fsync_file(folder)
+            fs.fsync_path(path)
+            files[name] = {"size": path.stat().st_size, "sha256": fs.sha256_file(path)}
+        fs.fsync_path(folder)
         return files
 
-    def _collect_garbage(self, keep: set[str | None]) -> None:
-        """Remove data folders older than the previous version and leftovers of killed saves."""
-        for child in self.path.iterdir():
-            stale = _DATA_DIR.match(child.name) or child.name.startswith(".tmp-")
-            if stale and child.name not in keep and child.is_dir():
-                shutil.rmtree(child, ignore_errors=True)
-            elif child.name.startswith(f".{MANIFEST_NAME}.") and child.name.endswith(".tmp"):
-                child.unlink(missing_ok=True)
+    @property
+    def digest(self) -> str:
+        """``content_digest`` of the saved version: pin it to demand this exact content later."""
+        if self._manifest["data"] is None:
+            raise StoreError(f"{self.path} has never been saved")
+        return content_digest(self._manifest)
 
     def verify(self) -> VerifyReport:
         """Re-read this version from disk and check every size, sha256 and count.
 
-        Raises StoreError naming the file when anything is wrong.
+        Raises StoreError naming the file when anything is wrong, and for an empty store whose
+        folder holds the staging folder of a later save that never finished: that store is
+        empty because it was being filled when its writer was killed, not by design (a store
+        created empty has no such folder; every finished or failed save removes its own).
         """
         if self._manifest["data"] is None:
             raise StoreError(f"{self.path} has never been saved")
-        _read_manifest(self.path)  # the manifest itself must still be intact
+        read_manifest(self.path)  # the manifest itself must still be intact
         _, _, index = self._load_version(self.path, self._manifest, verify=True)
+        if self._manifest["entry_count"] == 0:
+            with fs.try_writer_lock(self.path) as idle:
+                unfinished = self._interrupted_save() if idle else None
+            if unfinished is not None:
+                raise StoreError(
+                    f"{self.path} is empty because a write was interrupted: {unfinished.name} "
+                    "was never finished; rerun the command that wrote it (delete the folder "
+                    "first if it was a new store)"
+                )
         return VerifyReport(
             path=str(self.path),
             version=self.version,
@@ -989,6 +817,7 @@ class KnowledgeStore:
             entry_count=self._manifest["entry_count"],
             files={name: rec["size"] for name, rec in self._manifest["files"].items()},
             index=f"{index.config.kind} ({index.config.factory})",
+            digest=self.digest,
         )
 
     # ------------------------------------------------------------------ merge / reindex
@@ -1025,7 +854,7 @@ class KnowledgeStore:
                         f"cannot merge {other.path} with {first.path}: {what} differs "
                         f"({theirs!r} vs {ours!r}){hint}"
                     )
-        merged = cls.create(
+        merged = cls._new(
             out,
             task=first.task,
             label_names=first.label_names,
@@ -1097,7 +926,7 @@ class KnowledgeStore:
             self._dirty = True
             self.save()
             return self
-        new = KnowledgeStore.create(
+        new = KnowledgeStore._new(
             out,
             task=self.task,
             label_names=self.label_names,
