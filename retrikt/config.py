@@ -154,6 +154,8 @@ def add_arguments(
         has_default = f.default is not _MISSING
         if kind is bool:
             store = "store_false" if f.default is True else "store_true"
+            if f.default is True:
+                help_text = f"{help_text} (on by default; this flag turns it off)"
             parser.add_argument(
                 flag, dest=prefix + f.name, action=store, default=argparse.SUPPRESS, help=help_text
             )
