@@ -45,7 +45,7 @@ demo: setup
 	$(BIN)/retrikt doctor
 	@echo "== [2/6] build-store: teacher and generator prompts, PPO, 48 examples, selection"
 	$(BIN)/retrikt build-store --task cb --data-dir $(RETRIKT_DATA) --out $(DEMO)/store \
-		--samples-per-label 16 --rl ppo --train-limit 64 --prompt-steps 12 --teacher-steps 6 \
+		--samples-per-label 16 --rl ppo --train-limit 64 --prompt-steps 40 --teacher-steps 6 \
 		--rl-steps 1 --max-new-tokens 144 --temperature 0.8 --batch-size 48 \
 		--cache-dir $(DEMO)/cache --overwrite
 	@echo "== [3/6] train-student with retrieval from the store (5 epochs, 128 examples)"
