@@ -34,9 +34,7 @@ from retrikt.generator.build import (
     prepare_teacher,
     score_records,
 )
-from retrikt.generator.ppo import RLConfig
-from retrikt.generator.prompt_tuning import SoftPromptConfig
-from retrikt.generator.sampler import SamplingConfig
+from retrikt.generator.configs import RLConfig, SamplingConfig, SoftPromptConfig
 
 logger = logging.getLogger("generator_report")
 

@@ -37,10 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from retrikt.config import add_arguments
-    from retrikt.generator.build import BuildConfig
-    from retrikt.generator.ppo import RLConfig
-    from retrikt.generator.prompt_tuning import SoftPromptConfig
-    from retrikt.generator.sampler import SamplingConfig
+    from retrikt.generator.configs import BuildConfig, RLConfig, SamplingConfig, SoftPromptConfig
 
     add_arguments(p, BuildConfig, required=("task", "out"))
     add_arguments(
@@ -76,10 +73,7 @@ def run(args: argparse.Namespace) -> int:
 def config_from_args(args: argparse.Namespace) -> Any:
     """The ``BuildConfig`` (with its nested configs) from the parsed flags."""
     from retrikt.config import from_args
-    from retrikt.generator.build import BuildConfig
-    from retrikt.generator.ppo import RLConfig
-    from retrikt.generator.prompt_tuning import SoftPromptConfig
-    from retrikt.generator.sampler import SamplingConfig
+    from retrikt.generator.configs import BuildConfig, RLConfig, SamplingConfig, SoftPromptConfig
 
     return from_args(
         BuildConfig,

@@ -39,8 +39,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from retrikt.config import Config, option
-from retrikt.errors import ConfigError
+from retrikt.generator.configs import RLConfig
 from retrikt.generator.sampler import (
     Sampler,
     SamplingConfig,
@@ -58,36 +57,6 @@ RewardFn = Callable[[list[str], list[Any]], list[dict[str, float]]]
 #: A recomputed token just outside the nucleus (float rounding at its edge) is very
 #: unlikely, not impossible: log-probs are floored here so ratios and KL stay finite.
 MIN_LOGPROB = -30.0
-
-
-@dataclass
-class RLConfig(Config):
-    """RL hyper-parameters; defaults suit a 135M generator on CPU."""
-
-    steps: int = option(20, "RL optimisation steps (one rollout batch each)", min=0)
-    batch_size: int = option(8, "rollouts (prompt, completion) per step", min=1)
-    mini_batch_size: int = option(8, "rollouts per gradient update inside a step", min=1)
-    ppo_epochs: int = option(4, "passes over each rollout batch", min=1)
-    lr: float = option(3e-3, "learning rate of the soft prompt", min=0)
-    value_lr: float = option(1e-3, "learning rate of PPO's value head", min=0)
-    clip: float = option(0.2, "clip range of the probability ratio", min=0)
-    clip_value: float = option(0.2, "clip range of PPO's value update", min=0)
-    kl_coef: float = option(0.05, "weight of the KL to the starting prompt", min=0)
-    gamma: float = option(1.0, "PPO discount", min=0, max=1)
-    lam: float = option(0.95, "PPO GAE lambda", min=0, max=1)
-    max_grad_norm: float = option(1.0, "gradient clipping norm", min=0)
-    value_hidden: int = option(128, "width of the value head's hidden layer", min=1)
-    advantage: str = option("gae", "gae (PPO) or group (GRPO)", choices=("gae", "group"))
-    num_generations: int = option(4, "GRPO: completions per prompt (group size)", min=2)
-    seed: int = option(0, "seed of the rollouts and batch order")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.advantage == "group" and self.batch_size % self.num_generations:
-            raise ConfigError(
-                f"GRPO needs batch_size ({self.batch_size}) to be a multiple of "
-                f"num_generations ({self.num_generations})"
-            )
 
 
 class ValueHead(nn.Module):

@@ -21,14 +21,13 @@ import json
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from retrikt.config import Config, option
+from retrikt.generator.configs import SoftPromptConfig
 from retrikt.generator.lm import load_base, load_policy
 from retrikt.generator.teacher import label_logits
 from retrikt.generator.templates import (
@@ -45,25 +44,6 @@ __all__ = ["SoftPromptConfig", "load_policy", "train_generator_prompt", "train_t
 logger = logging.getLogger(__name__)
 
 TRAINING_LOG = "training.json"
-
-
-@dataclass
-class SoftPromptConfig(Config):
-    """Prompt-tuning hyper-parameters (defaults: a few minutes for SmolLM2-135M on 2 cores)."""
-
-    steps: int = option(100, "prompt-tuning steps (0 = no soft prompt)", min=0)
-    batch_size: int = option(8, "examples per prompt-tuning step", min=1)
-    lr: float = option(3e-2, "learning rate (prompt tuning wants a large one)", min=0)
-    num_virtual_tokens: int = option(16, "length of the soft prompt in tokens", min=1)
-    init: str = option(
-        "text",
-        "start from an instruction's embeddings (text) or random vocabulary rows",
-        choices=("text", "sample_vocab"),
-    )
-    max_target_tokens: int = option(
-        160, "longer targets are cut (the loss still sees their start)", min=1
-    )
-    seed: int = option(0, "seed of the batch order")
 
 
 def _peft_model(generator: str, init_text: str, config: SoftPromptConfig) -> tuple[Any, Any]:

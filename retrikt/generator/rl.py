@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from retrikt.errors import RetriktError
-from retrikt.generator.ppo import PPOTrainer, RewardFn, RLConfig
+from retrikt.generator.configs import RL_METHODS, RLConfig
+from retrikt.generator.ppo import PPOTrainer, RewardFn
 from retrikt.generator.sampler import SamplingConfig
 from retrikt.tasks import Task
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("ppo", "grpo", "none")
+METHODS = RL_METHODS
 _ADVANTAGE = {"ppo": "gae", "grpo": "group"}
 
 

@@ -29,24 +29,8 @@ from typing import Any
 
 import torch
 
-from retrikt.config import Config, option
+from retrikt.generator.configs import SamplingConfig
 from retrikt.generator.templates import END
-
-
-@dataclass
-class SamplingConfig(Config):
-    """How examples are sampled; the store and the RL rollouts use the same settings."""
-
-    max_new_tokens: int = option(144, "token limit per generated example", min=1)
-    temperature: float = option(
-        0.8, "sampling temperature of the generator (store and RL rollouts)", min=1e-3
-    )
-    top_p: float = option(
-        0.95, "nucleus sampling mass (1 = the full distribution)", min=0.01, max=1
-    )
-    batch_size: int = option(16, "sequences generated together", min=1)
-    seed: int = option(0, "seed of every job's own random stream")
-    min_new_tokens: int = option(0, "benchmarks set it to max_new_tokens", min=0, cli=False)
 
 
 def split_policy(model: Any) -> tuple[Any, torch.Tensor | None]:

@@ -76,9 +76,7 @@ class TaskContext:
         The build's own stage cache (teacher prompt, generator prompt, RL, generations) lives
         under the harness cache too, so the stores with and without RL share their prompts.
         """
-        from retrikt.generator.build import BuildConfig
-        from retrikt.generator.ppo import RLConfig
-        from retrikt.generator.prompt_tuning import SoftPromptConfig
+        from retrikt.generator.configs import BuildConfig, RLConfig, SoftPromptConfig
 
         scale = self.scale
         return BuildConfig(
