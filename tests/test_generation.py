@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from model_helpers import tiny_llama
 
 from retrikt.generator.generation import (
     job_seed,
@@ -21,7 +22,6 @@ from retrikt.generator.generation import (
 )
 from retrikt.generator.sampler import RowSeededSampler, Sampler, SamplingConfig
 from retrikt.generator.templates import generation_prompt, label_options
-from retrikt.models import GENERATOR, resolve_model
 from retrikt.tasks import get_task
 
 CB = get_task("cb")
@@ -30,20 +30,8 @@ CONFIG = SamplingConfig(max_new_tokens=6, batch_size=3, seed=7, temperature=1.0)
 
 @pytest.fixture(scope="module")
 def tiny_lm():
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m", GENERATOR).path)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    return Sampler(LlamaForCausalLM(config).eval(), tokenizer, CONFIG)
+    model, tokenizer = tiny_llama(max_positions=256)
+    return Sampler(model, tokenizer, CONFIG)
 
 
 def _jobs(samples: int = 4):

@@ -13,13 +13,14 @@ import random
 import numpy as np
 import pytest
 import torch
+from model_helpers import tiny_llama
 
 from retrikt.cli import main
 from retrikt.errors import ConfigError, RetriktError
 from retrikt.generator.build import BuildConfig, TaskData, prepare_teacher
 from retrikt.generator.lm import bf16_supported
 from retrikt.generator.teacher import LLMTeacher
-from retrikt.models import GENERATOR, resolve_model
+from retrikt.models import resolve_model
 from retrikt.tasks import get_task
 from retrikt.teachers.classifier import (
     ClassifierTeacher,
@@ -47,21 +48,9 @@ def fp32(monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory):
     """A 1-layer random Llama saved as an HF folder, with SmolLM2's tokenizer."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m", GENERATOR).path)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-    )
+    model, tokenizer = tiny_llama()
     folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
 
