@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
-from test_build_store import _record
+from test_build_store import BagOfWords, _record
 
 import retrikt.generator.build as build
 from retrikt.errors import RetriktError
@@ -39,13 +40,14 @@ def test_build_store_refuses_to_write_an_empty_store(tmp_path, monkeypatch):
         "shard_info": lambda: (0, 1),
         "load_task_data": lambda config: build.TaskData(build.get_task("cb"), [], []),
         "prepare_teacher": lambda config, data, rank: (SimpleNamespace(id="teacher"), {}),
+        "training_entries": lambda data, teacher, encoder: ([], np.zeros((0, 64))),
         "prepare_generator": lambda *args: None,
         "generate_records": lambda *args: records,
         "select_entries": lambda *args: ([], None, {"valid": 0, "duplicates": 0}),
     }
     for name, stub in stubs.items():
         monkeypatch.setattr(build, name, stub)
-    monkeypatch.setattr("retrikt.encoder.Encoder", lambda name: SimpleNamespace(model_id="e"))
+    monkeypatch.setattr("retrikt.encoder.Encoder", lambda name: BagOfWords())
     config = BuildConfig(task="cb", data_dir=None, out=str(tmp_path / "store"), rl="none")
     with pytest.raises(RetriktError, match="cb: 0 of 4 outputs parsed: all were cut"):
         build.build_store(config)

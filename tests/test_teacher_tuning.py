@@ -318,3 +318,44 @@ def test_build_store_uses_a_tuned_folder_without_a_soft_prompt_stage(
     assert info["heldout"] == trained.results["heldout"]
     assert info["validation"] == trained.results["validation"]
     assert prepare_teacher(config, data)[1] == info  # the measurement is cached
+
+
+def test_the_harness_scores_a_tuned_teacher_and_keys_stores_by_its_weights(
+    trained, toy_data, tmp_path
+):
+    import shutil
+    from dataclasses import replace
+
+    from retrikt.cache import ArtefactCache
+    from retrikt.harness.artefacts import TaskContext
+    from retrikt.harness.running import run_harness
+    from retrikt.harness.scales import SCALES, HarnessConfig
+
+    scale = replace(SCALES["demo"], name="tiny", latency_examples=0)
+    config = HarnessConfig(tasks=["cb"], methods=["teacher"], seeds=[0], scale=scale, name="t",
+                           data_dir=toy_data, cache_dir=str(tmp_path / "cache"),
+                           results_dir=str(tmp_path / "results"),
+                           teachers={"cb": trained.out})  # fmt: skip
+    (row,) = run_harness(config)
+    assert row["status"] == "ok", row
+    # The harness row is the teacher's own validation score (the same examples, all of them).
+    validation = trained.results["validation"]
+    assert row["metrics"]["accuracy"] == pytest.approx(validation["accuracy"])
+    assert row["eval_examples"] == validation["examples"]
+    assert row["info"]["tuning"] == "lora"
+
+    # A store is keyed by the teacher's weights, not by where its folder lies, and by what it holds.
+    copy = tmp_path / "copy"
+    shutil.copytree(trained.out, copy)
+    cache, task = ArtefactCache(tmp_path / "cache"), get_task("cb")
+    here = TaskContext(config, cache, task)
+    there = TaskContext(replace(config, teachers={"cb": copy}), cache, task)
+    assert here.store_spec("ppo") == there.store_spec("ppo")
+    assert here.store_spec("ppo", "train") != here.store_spec("ppo")
+    assert here.build_config("ppo").teacher == str(trained.out)
+    assert here.build_config("none", tuned=False).teacher is None  # the llm-prompt row's store
+    without = TaskContext(replace(config, teachers={}), cache, task)
+    assert without.store_spec("ppo") != here.store_spec("ppo")
+
+    (row,) = run_harness(replace(config, teachers={}, name="t2"))
+    assert row["status"] == "n/a" and "--teacher" in row["reason"]

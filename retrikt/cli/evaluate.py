@@ -172,6 +172,14 @@ def add_harness_arguments(parser: argparse._ActionsContainer) -> None:
         metavar="TASK=DIR",
         help="use this ready-made store for TASK instead of building one",
     )
+    parser.add_argument(
+        "--teacher",
+        action="append",
+        default=[],
+        metavar="TASK=DIR",
+        help="a tuned teacher for TASK (a `retrikt train-teacher` folder): it labels the "
+        "stores and is the `teacher` row (without one the LLM's soft prompt labels them)",
+    )
     add_arguments(parser, Scale, exclude=_NOT_SCALE_FLAGS)
 
 
@@ -184,12 +192,6 @@ def harness_config(args: argparse.Namespace) -> HarnessConfig:
         for f in fields(Scale)
         if f.name not in _NOT_SCALE_FLAGS and hasattr(args, f.name)
     }
-    stores = {}
-    for item in args.store:
-        task, sep, path = item.partition("=")
-        if not sep or not path:
-            raise RetriktError(f"--store expects TASK=DIR, got {item!r}")
-        stores[get_task(task).name] = Path(path)
     try:
         seeds = [int(s) for s in _csv(args.seeds)]
     except ValueError:
@@ -204,9 +206,21 @@ def harness_config(args: argparse.Namespace) -> HarnessConfig:
         methods=_csv(args.methods),
         seeds=seeds,
         scale=replace(scale, name=f"{scale.name}*" if overrides else scale.name, **overrides),
-        stores=stores,
+        stores=_paths_by_task(args.store, "--store"),
+        teachers=_paths_by_task(args.teacher, "--teacher"),
         command=_command_line(),
     )
+
+
+def _paths_by_task(items: list[str], flag: str) -> dict[str, Path]:
+    """``TASK=DIR`` flags as {task name: folder}."""
+    paths = {}
+    for item in items:
+        task, sep, path = item.partition("=")
+        if not sep or not path:
+            raise RetriktError(f"{flag} expects TASK=DIR, got {item!r}")
+        paths[get_task(task).name] = Path(path)
+    return paths
 
 
 def _command_line() -> str:

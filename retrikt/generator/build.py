@@ -12,7 +12,9 @@ Stages (each reused from ``<cache>/build`` when its inputs are unchanged, keyed 
    labelled by the teacher before it is written, so a resumed run redoes none of it.
 5. **selection** - unparsable outputs are dropped; exact and near duplicates (of training
    examples or of earlier generations) are dropped; the rest are embedded with the student
-   encoder and written with ``retrikt.store.KnowledgeStore``.
+   encoder and written with ``retrikt.store.KnowledgeStore``. With ``--store-examples
+   both`` (the default) or ``train`` the real training examples are stored too, with the
+   teacher's soft labels and ``generator="train"``; ``train`` skips stages 2-4.
 
 Store key (what is embedded and kept as ``text``): the first encoder input of the example
 (``text [SEP] pair``), i.e. what the student encodes. COPA is the exception: one entry per
@@ -37,7 +39,7 @@ import numpy as np
 
 from retrikt import cache
 from retrikt.errors import RetriktError
-from retrikt.generator.configs import BuildConfig
+from retrikt.generator.configs import TRAIN_SOURCE, BuildConfig
 from retrikt.generator.generation import (
     plan_jobs,
     read_generations,
@@ -387,6 +389,31 @@ def select_entries(
     return entries, embeddings, stats
 
 
+def training_entries(
+    data: TaskData, teacher: LLMTeacher, encoder: Any
+) -> tuple[list[Any], np.ndarray]:
+    """The real training examples as store entries with the teacher's soft labels (ReAugKD's
+    store), marked ``generator=TRAIN_SOURCE``. A student never retrieves an example's own
+    entry while training on it (see ``retrikt.training``)."""
+    from retrikt.store import StoreEntry
+
+    task = data.task
+    logger.info("teacher labels the %d training examples", len(data.train))
+    probs = teacher.label_probs(task, data.train)
+    entries = [
+        StoreEntry(
+            fields=_fields(example),
+            text=store_text(task, example, encoder),
+            requested_label=example["label"],
+            soft_labels=[float(p) for p in row],
+            generator=TRAIN_SOURCE,
+        )
+        for example, row in zip(data.train, probs, strict=True)
+    ]
+    embeddings = encoder.encode([e.text for e in entries], show_progress_bar=len(entries) > 1000)
+    return entries, np.asarray(embeddings, dtype=np.float32)
+
+
 def build_store(config: BuildConfig) -> Path:
     """Run every stage (reusing cached ones) and write the store at ``config.out``.
 
@@ -410,38 +437,55 @@ def build_store(config: BuildConfig) -> Path:
         config.teacher_prompt.steps,
     )
     teacher, teacher_info = prepare_teacher(config, data, rank)
-    logger.info(
-        "[2-3/5] generator prompt: %d steps, then RL %s (%d steps)",
-        config.generator_prompt.steps,
-        config.rl,
-        config.rl_config.steps if config.rl != "none" else 0,
-    )
-    adapter = prepare_generator(config, data, teacher, teacher_info, rank)
-    logger.info(
-        "[4/5] generation: %d examples of <= %d tokens at temperature %g, top-p %g",
-        jobs,
-        sampling.max_new_tokens,
-        sampling.temperature,
-        sampling.top_p,
-    )
-    records = generate_records(config, data, adapter, teacher, rank, world)
+    generate = config.store_examples != "train"
+    adapter, records = None, []
+    if generate:
+        logger.info(
+            "[2-3/5] generator prompt: %d steps, then RL %s (%d steps)",
+            config.generator_prompt.steps,
+            config.rl,
+            config.rl_config.steps if config.rl != "none" else 0,
+        )
+        adapter = prepare_generator(config, data, teacher, teacher_info, rank)
+        logger.info(
+            "[4/5] generation: %d examples of <= %d tokens at temperature %g, top-p %g",
+            jobs,
+            sampling.max_new_tokens,
+            sampling.temperature,
+            sampling.top_p,
+        )
+        records = generate_records(config, data, adapter, teacher, rank, world)
+    else:
+        logger.info("[2-4/5] generation: skipped (--store-examples train)")
     if rank != 0:
         return out
     logger.info("[5/5] selection: parse, deduplicate, embed with %s, write", config.encoder)
     encoder = Encoder(config.encoder)
     generator_id = f"{config.generator}+{adapter.name}" if adapter else config.generator
-    entries, embeddings, stats = select_entries(
-        config, data, records, encoder, teacher.id, generator_id
-    )
+    entries: list[Any] = []
+    embeddings = np.zeros((0, encoder.dim), dtype=np.float32)
+    stats: dict[str, Any] = {}
+    if config.store_examples != "generated":  # first, so a generated copy is the duplicate
+        entries, embeddings = training_entries(data, teacher, encoder)
+        stats["training_examples"] = len(entries)
+    if generate:
+        generated, vectors, generation_stats = select_entries(
+            config, data, records, encoder, teacher.id, generator_id
+        )
+        if not generated:  # asked-for generation that yields nothing is a failure, not a store
+            raise RetriktError(
+                f"{task.name}: {empty_build_reason(records, generation_stats, config)}"
+            )
+        entries += generated
+        embeddings = np.concatenate([embeddings, vectors])
+        stats.update(generation_stats)
     logger.info("%s: %s", task.name, stats)
-    if not entries:
-        raise RetriktError(f"{task.name}: {empty_build_reason(records, stats, config)}")
     generator_info = {
         "id": generator_id,
         "model": config.generator,
         "adapter": str(adapter) if adapter else None,
         "prompt": "soft" if adapter else "instruction",
-        "rl": config.rl,
+        "rl": config.rl if generate else None,
         "config": config.to_dict(),
         "stats": stats,
     }

@@ -82,6 +82,12 @@ class SoftPromptConfig(Config):
     seed: int = option(0, "seed of the batch order")
 
 
+#: What a store can hold: generated examples, the real training examples, or both.
+STORE_EXAMPLES = ("generated", "train", "both")
+#: The ``generator`` of a store entry that is a real training example.
+TRAIN_SOURCE = "train"
+
+
 @dataclass
 class BuildConfig(Config):
     """Everything ``retrikt build-store`` needs; stage cache keys are hashes of parts of it.
@@ -101,6 +107,13 @@ class BuildConfig(Config):
     )
     encoder: str = option("minilm-l6", "student encoder that embeds the entries")
     samples_per_label: int = option(100, "examples generated per label", min=1)
+    store_examples: str = option(
+        "both",
+        "what the store holds: the generated examples, the real training examples (with the "
+        "teacher's soft labels, marked generator='train', as ReAugKD stores them; no "
+        "generation runs), or both",
+        choices=STORE_EXAMPLES,
+    )
     rl: str = option("ppo", "RL refinement of the generator prompt", choices=RL_METHODS)
     train_limit: int | None = option(None, "use this many random training examples", min=1)
     teacher_eval_limit: int | None = option(

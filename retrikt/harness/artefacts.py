@@ -70,22 +70,34 @@ class TaskContext:
             "eval_limit": self.scale.eval_limit,
         }
 
-    def build_config(self, rl: str, out: Path | str = "") -> Any:
+    @property
+    def tuned_teacher(self) -> Path | None:
+        """The task's ``retrikt train-teacher`` folder, when the run was given one."""
+        return self.config.teachers.get(self.task.name)
+
+    def build_config(
+        self, rl: str, out: Path | str = "", examples: str = "both", tuned: bool = True
+    ) -> Any:
         """How this task's store is built at this scale (``retrikt build-store`` settings).
 
-        The build's own stage cache (teacher prompt, generator prompt, RL, generations) lives
-        under the harness cache too, so the stores with and without RL share their prompts.
+        The store holds ``examples`` (generated, train or both) labelled by the tuned teacher
+        when one is given (``tuned`` False: by the soft-prompted LLM, the ``llm-prompt``
+        row). The build's own stage cache (teacher prompt, generator prompt, RL,
+        generations) lives under the harness cache too, so stores share their prompts.
         """
         from retrikt.generator.configs import BuildConfig, RLConfig, SoftPromptConfig
 
         scale = self.scale
+        teacher = self.tuned_teacher if tuned else None
         return BuildConfig(
             task=self.task.name,
             data_dir=self.config.data_dir,
             out=str(out),
             generator=self.config.generator,
+            teacher=str(teacher) if teacher else None,
             encoder=self.config.encoder,
             samples_per_label=scale.samples_per_label,
+            store_examples=examples,
             rl=rl,
             generator_prompt=SoftPromptConfig(steps=scale.prompt_steps),
             teacher_prompt=SoftPromptConfig(steps=scale.teacher_steps),
@@ -95,20 +107,24 @@ class TaskContext:
             overwrite=True,  # a store left by a run killed before done.json is rebuilt
         )
 
-    def _build_spec(self, rl: str) -> dict[str, Any]:
-        build = asdict(self.build_config(rl))
+    def _build_spec(self, rl: str, examples: str = "both", tuned: bool = True) -> dict[str, Any]:
+        from retrikt.teachers.loading import tuned_folder_id
+
+        build = asdict(self.build_config(rl, examples=examples, tuned=tuned))
         for local in ("out", "data_dir", "cache_dir", "overwrite"):
             build.pop(local)
+        if build["teacher"]:  # a teacher is its weights, wherever its folder lies
+            build["teacher"] = tuned_folder_id(build["teacher"])
         return {**self.base_spec, "build": build}
 
-    def store_spec(self, rl: str) -> dict[str, Any]:
+    def store_spec(self, rl: str, examples: str = "both") -> dict[str, Any]:
         """What the store depends on, without building it."""
         given = self.config.stores.get(self.task.name)
         if given is not None:
             return {"given": _store_identity(Path(given))}
-        return self._build_spec(rl)
+        return self._build_spec(rl, examples)
 
-    def store(self, rl: str) -> Artefact:
+    def store(self, rl: str, examples: str = "both") -> Artefact:
         """The task's knowledge store: given with ``--store``, or built once and cached."""
         given = self.config.stores.get(self.task.name)
         if given is not None:
@@ -117,11 +133,12 @@ class TaskContext:
 
         def make(folder: Path) -> dict[str, Any]:
             started = time.perf_counter()
-            build_store(self.build_config(rl, folder / "store"))
+            build_store(self.build_config(rl, folder / "store", examples))
             return {"seconds": round(time.perf_counter() - started, 1)}
 
-        spec = self.store_spec(rl)
-        folder, info = self.cache.ensure("stores", f"{self.task.name}-{rl}", spec, make)
+        spec = self.store_spec(rl, examples)
+        label = f"{self.task.name}-{rl}-{examples}"
+        folder, info = self.cache.ensure("stores", label, spec, make)
         return Artefact(folder / "store", spec, info["seconds"])
 
     def teacher_spec(self) -> dict[str, Any]:
@@ -129,7 +146,7 @@ class TaskContext:
         given = self.config.stores.get(self.task.name)
         if given is not None:
             return {"given": _store_identity(Path(given))}
-        build = self._build_spec("none")["build"]
+        build = self._build_spec("none", tuned=False)["build"]
         keep = (
             "generator",
             "teacher",
@@ -159,7 +176,7 @@ class TaskContext:
 
         def make(folder: Path) -> dict[str, Any]:
             started = time.perf_counter()
-            config = self.build_config("none")
+            config = self.build_config("none", tuned=False)
             _, info = prepare_teacher(config, load_task_data(config))
             return {"seconds": round(time.perf_counter() - started, 1), "teacher": info}
 

@@ -9,6 +9,7 @@ measured the same way for all methods.
 
 from __future__ import annotations
 
+import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -40,8 +41,8 @@ class Method(ABC):
     description = ""
     seeded = True  # False: the result does not depend on the seed and is computed once
 
-    def not_applicable(self, task: Task) -> str | None:
-        """Why this method cannot run on ``task``, or None when it can."""
+    def not_applicable(self, ctx: TaskContext) -> str | None:
+        """Why this method cannot run on the task (with this run's inputs), or None."""
         return None
 
     @abstractmethod
@@ -57,11 +58,17 @@ def _count_params(module: Any) -> int:
     return int(sum(p.numel() for p in module.parameters()))
 
 
+def teacher_predictor(teacher: Any, task: Task) -> Callable[[list[Example]], np.ndarray]:
+    """Any teacher (``label_probs``) as a batch predictor."""
+    return lambda examples: teacher.label_probs(task, examples)
+
+
 class StudentMethod(Method):
     """A student trained by ``retrikt.training.train_student`` (what ``train-student`` runs).
 
-    ``rl`` names the store it learns from (None: no store); ``overrides`` switch training
-    objectives; ``retrieve`` False drops the store at inference (the distilled student).
+    ``rl`` names the store it learns from (None: no store) and ``examples`` what that store
+    holds (generated, train or both); ``overrides`` switch training objectives; ``retrieve``
+    False drops the store at inference (the distilled student).
     """
 
     def __init__(
@@ -71,12 +78,14 @@ class StudentMethod(Method):
         rl: str | None = None,
         overrides: dict[str, Any] | None = None,
         retrieve: bool = True,
+        examples: str = "both",
     ):
         self.name = name
         self.description = description
         self.rl = rl
         self.overrides = overrides or {}
         self.retrieve = retrieve
+        self.examples = examples
 
     def train_config(self, ctx: TaskContext, seed: int | None, store: Path | None = None) -> Any:
         from retrikt.student.config import TrainConfig
@@ -96,14 +105,14 @@ class StudentMethod(Method):
 
     def spec(self, ctx: TaskContext, seed: int | None) -> dict[str, Any]:
         train = self.train_config(ctx, seed).to_dict()
-        store = ctx.store_spec(self.rl) if self.rl is not None else None
+        store = ctx.store_spec(self.rl, self.examples) if self.rl is not None else None
         return ctx.spec(self.name, seed, train=train, store=store, retrieve=self.retrieve)
 
     def fit(self, ctx: TaskContext, seed: int | None) -> Fitted:
         from retrikt.student import RetriKT
         from retrikt.training import train_student
 
-        store = ctx.store(self.rl) if self.rl is not None else None
+        store = ctx.store(self.rl, self.examples) if self.rl is not None else None
         config = self.train_config(ctx, seed, store.path if store else None)
 
         def make(folder: Path) -> dict[str, Any]:
@@ -153,20 +162,50 @@ class LLMMethod(Method):
 
         if not self.tuned:
             teacher = LLMTeacher(ctx.config.generator)
-            return Fitted(self._predict(teacher, ctx.task), _count_params(teacher.model), 0.0)
+            return Fitted(teacher_predictor(teacher, ctx.task), _count_params(teacher.model), 0.0)
         prompt = ctx.teacher()
         teacher = LLMTeacher(prompt.info.get("model", ctx.config.generator), prompt.path)
         # Its training is the prompt tuning (measured with the build's teacher stage).
         return Fitted(
-            self._predict(teacher, ctx.task),
+            teacher_predictor(teacher, ctx.task),
             _count_params(teacher.model),
             prompt.seconds,
             info={"teacher": prompt.info.get("id")},
         )
 
-    @staticmethod
-    def _predict(teacher: Any, task: Task) -> Callable[[list[Example]], np.ndarray]:
-        return lambda examples: teacher.label_probs(task, examples)
+
+class TeacherMethod(Method):
+    """The tuned teacher itself (``retrikt train-teacher``, given with ``--teacher``): the
+    model whose knowledge the store carries, and the one the student replaces."""
+
+    name = "teacher"
+    description = "the tuned LLM teacher that labels the store (retrikt train-teacher)"
+    seeded = False
+
+    def not_applicable(self, ctx: TaskContext) -> str | None:
+        if ctx.tuned_teacher is None:
+            return "no tuned teacher given (--teacher TASK=DIR)"
+        return None
+
+    def spec(self, ctx: TaskContext, seed: int | None) -> dict[str, Any]:
+        from retrikt.teachers.loading import tuned_folder_id
+
+        assert ctx.tuned_teacher is not None
+        return ctx.spec(self.name, seed, teacher=tuned_folder_id(ctx.tuned_teacher))
+
+    def fit(self, ctx: TaskContext, seed: int | None) -> Fitted:
+        from retrikt.teachers.loading import load_teacher, teacher_card
+
+        folder = str(ctx.tuned_teacher)
+        teacher = load_teacher(folder)
+        log = json.loads((Path(folder) / "training_log.json").read_text())
+        seconds = next((e["train_runtime"] for e in log if "train_runtime" in e), 0.0)
+        return Fitted(
+            teacher_predictor(teacher, ctx.task),
+            _count_params(teacher.model),
+            seconds,
+            info={"teacher": teacher.id, **teacher_card(folder)},
+        )
 
 
 class KnnOnly(Method):
@@ -235,8 +274,8 @@ class SetFitMethod(Method):
             seed=seed or 0,
         )
 
-    def not_applicable(self, task: Task) -> str | None:
-        if task.is_multi_answer:
+    def not_applicable(self, ctx: TaskContext) -> str | None:
+        if ctx.task.is_multi_answer:
             return "MultiRC's exact match needs grouped answers; not adapted to SetFit"
         return None
 
@@ -279,11 +318,27 @@ METHODS: dict[str, Method] = {
             overrides={"tune_retrieval": True},
         ),
         StudentMethod(
+            "retrikt-train-store",
+            "ablation: the RetriKT student with a store of the training split alone (teacher "
+            "soft labels; nothing generated)",
+            rl="ppo",
+            overrides={"tune_retrieval": True},
+            examples="train",
+        ),
+        StudentMethod(
+            "retrikt-gen-store",
+            "ablation: the RetriKT student with a store of generated examples alone",
+            rl="ppo",
+            overrides={"tune_retrieval": True},
+            examples="generated",
+        ),
+        StudentMethod(
             "retrikt-no-rl",
             "ablation: the RetriKT student with a store from the supervised prompt only",
             rl="none",
             overrides={"tune_retrieval": True},
         ),
+        TeacherMethod(),
         KnnOnly(),
         SetFitMethod(),
     )

@@ -245,9 +245,12 @@ def write_report(config: HarnessConfig, rows: list[dict]) -> dict[str, Path]:
         "scale": asdict(config.scale),
         "scale_description": config.scale.describe(),
         "config": {
-            k: v for k, v in asdict(config).items() if k not in ("scale", "command", "stores")
+            k: v
+            for k, v in asdict(config).items()
+            if k not in ("scale", "command", "stores", "teachers")
         }
-        | {"stores": {k: str(v) for k, v in config.stores.items()}},
+        | {"stores": {k: str(v) for k, v in config.stores.items()}}
+        | {"teachers": {k: str(v) for k, v in config.teachers.items()}},
         "average_task_score": averages(summary, config.tasks, config.methods),
         "summary": summary,
         "runs": rows,

@@ -112,7 +112,7 @@ def run_harness(config: HarnessConfig, methods: dict[str, Method] | None = None)
         task = get_task(task_name)
         ctx = TaskContext(config, cache, task)
         for method in (methods[name] for name in config.methods):
-            reason = method.not_applicable(task)
+            reason = method.not_applicable(ctx)
             if reason:
                 rows.append(_row(task, method, None, "n/a", reason))
                 continue

@@ -59,6 +59,12 @@ def tuned_id(task: str, base: str, tuning: str, folder: str | Path) -> str:
     return f"tuned:{task}:{base}+{tuning}:{weights_digest(folder)}"
 
 
+def tuned_folder_id(folder: str | Path) -> str:
+    """The id of a train-teacher folder, read without loading its weights."""
+    meta = json.loads((Path(folder) / TEACHER_CONFIG).read_text())
+    return tuned_id(meta["task"], meta["base_model"], meta["tuning"], folder)
+
+
 def is_tuned_folder(spec: str) -> bool:
     return (Path(spec) / TEACHER_CONFIG).is_file()
 
@@ -131,7 +137,6 @@ def _load_tuned(folder: Path, batch_size: int) -> Teacher:
         model = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
     else:
         model, tokenizer = load_classifier(str(folder), task, dtype=compute_dtype())
-    teacher_id = tuned_id(task.name, meta["base_model"], meta["tuning"], folder)
     return ClassifierTeacher(
-        model, tokenizer, teacher_id, task.name, batch_size, meta["max_length"]
+        model, tokenizer, tuned_folder_id(folder), task.name, batch_size, meta["max_length"]
     )

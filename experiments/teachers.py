@@ -1,0 +1,265 @@
+"""Which teacher knows the task? Tune every candidate this machine can train and score it.
+
+Issue 12: a store carries no more than its teacher knows, so the teacher must beat the student
+it teaches. For every task and candidate this runs ``retrikt train-teacher`` (the whole
+training split less a 10% held-out slice for early stopping; validation is scored once at
+the end) in a process of its own, and records its wall time and peak memory (the child's
+``ru_maxrss``). Next to it stands ``student-ft``: the harness's fine-tuned student at scale
+``full`` (whole training split, whole validation split, 3 seeds), from the harness cache.
+
+Every unit is cached: a finished teacher folder is reused; a killed one resumes from its last
+checkpoint (``train-teacher`` resumes), and the wall time of every attempt is summed. The
+report is rewritten after every unit, so a partial run leaves a partial table::
+
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/teachers.py --data-dir ../shared/data \\
+        --tasks cb,copa,rte,mrpc,stsb,cola --threads 1
+
+Teachers are written to ``experiments/cache/teachers/TASK/CANDIDATE``, ready for
+``retrikt build-store --teacher DIR`` and ``retrikt evaluate --teacher TASK=DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from retrikt.cache import write_json_atomic
+from retrikt.tasks import Task
+
+logger = logging.getLogger("teachers")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    model: str
+    tuning: str
+    extra: tuple[str, ...] = ()  # more train-teacher flags
+
+
+CANDIDATES = {
+    c.name: c
+    for c in (
+        Candidate("smollm2-lora", "smollm2-135m", "lora"),
+        Candidate("smollm2-full", "smollm2-135m", "full"),
+        Candidate("gemma-lora", "gemma-3-270m", "lora"),
+        Candidate("qwen-lora", "qwen2.5-0.5b", "lora"),
+        # The non-LLM reference: a sentence encoder fine-tuned as a cross-encoder.
+        Candidate("mpnet-full", "mpnet-base", "full"),
+    )
+}
+
+#: Training budget per task: small tasks get epochs; large ones are scored on the held-out
+#: slice every ``eval_steps`` (early stopping and the best checkpoint) within ``max_steps``,
+#: because one epoch of CoLA costs ~1 hour per 135M model on one core (teacher_cost.md).
+BUDGETS: dict[str, tuple[str, ...]] = {
+    "cb": ("--epochs", "3"),
+    "copa": ("--epochs", "3"),
+    "rte": ("--epochs", "2", "--eval-steps", "70"),
+    "mrpc": ("--max-steps", "400", "--eval-steps", "100"),
+    "stsb": ("--max-steps", "400", "--eval-steps", "100"),
+    "cola": ("--max-steps", "400", "--eval-steps", "100"),
+}
+
+
+def teacher_command(task: str, candidate: Candidate, out: Path, args: argparse.Namespace) -> list:
+    command = [sys.executable, "-m", "retrikt", "train-teacher", "--task", task]
+    command += ["--model", candidate.model, "--tuning", candidate.tuning, "--out", str(out)]
+    command += [*BUDGETS[task], *candidate.extra, "--threads", str(args.threads)]
+    if args.data_dir:
+        command += ["--data-dir", args.data_dir]
+    return command
+
+
+def run_teacher(task: str, candidate: Candidate, args: argparse.Namespace) -> dict:
+    """Train (or resume, or reuse) one teacher; returns its scores and costs."""
+    out = Path(args.cache_dir) / "teachers" / task / candidate.name
+    cost_path = out.with_suffix(".cost.json")  # beside the folder: train-teacher owns it
+    cost = json.loads(cost_path.read_text()) if cost_path.is_file() else {"attempts": []}
+    if not (out / "teacher_config.json").is_file():
+        command = teacher_command(task, candidate, out, args)
+        logger.info("%s", shlex.join(command))
+        started = time.perf_counter()
+        process = subprocess.Popen(command)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        cost["attempts"].append(
+            {"seconds": round(seconds, 1), "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2)}
+        )
+        cost["command"] = shlex.join(command)
+        write_json_atomic(cost_path, cost)
+        if os.waitstatus_to_exitcode(status) != 0:
+            return {"status": "failed", **cost}
+    results = json.loads((out / "eval_results.json").read_text())
+    log = json.loads((out / "training_log.json").read_text())
+    steps = max((entry.get("step", 0) for entry in log), default=0)
+    attempts = cost["attempts"]
+    return {
+        "status": "ok",
+        "folder": str(out),
+        "model": candidate.model,
+        "tuning": candidate.tuning,
+        "heldout": results["heldout"],
+        "validation": results["validation"],
+        "train_examples": results["train_examples"],
+        "steps": steps,
+        "minutes": round(sum(a["seconds"] for a in attempts) / 60, 1) if attempts else None,
+        "peak_rss_gb": max((a["peak_rss_gb"] for a in attempts), default=None),
+        "command": cost.get("command"),
+    }
+
+
+def student_ft(task: str, args: argparse.Namespace) -> dict | None:
+    """``student-ft`` at scale ``full`` over the seeds, through the harness and its cache."""
+    from retrikt.harness.running import run_harness
+    from retrikt.harness.scales import SCALES, HarnessConfig
+
+    config = HarnessConfig(
+        tasks=[task],
+        methods=["student-ft"],
+        seeds=args.seeds,
+        scale=SCALES["full"],
+        name=f"teachers-student-ft-{task}",
+        data_dir=args.data_dir,
+        cache_dir=args.cache_dir,
+        results_dir=str(Path(args.cache_dir) / "reports"),  # the table here is teachers.md
+        threads=args.threads,
+    )
+    rows = [r for r in run_harness(config) if r["status"] == "ok"]
+    if not rows:
+        return None
+    names = list(rows[0]["metrics"])
+    return {
+        "seeds": len(rows),
+        "metrics": {
+            n: [
+                statistics.mean(r["metrics"][n] for r in rows),
+                _sd([r["metrics"][n] for r in rows]),
+            ]
+            for n in names
+        },
+        "minutes": round(statistics.mean(r["train_seconds"] for r in rows) / 60, 1),
+    }
+
+
+def _sd(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def write_report(results: dict, args: argparse.Namespace) -> None:
+    from retrikt.tasks import get_task
+
+    lines = [
+        "# Teachers: which LLM knows the task",
+        "",
+        "Made by (every unit cached; rerun to resume or extend):",
+        "",
+        "```",
+        "OMP_NUM_THREADS=1 .venv/bin/python experiments/teachers.py " + shlex.join(args.argv),
+        "```",
+        "",
+        "Each teacher is `retrikt train-teacher` (its command is in teachers.json) on the whole "
+        "training split less a 10% held-out slice (early stopping and the best checkpoint "
+        "are chosen on it), then scored once on the whole validation split. `student-ft` "
+        "is the harness's fine-tuned minilm-l6 student at scale `full` (the whole training "
+        "split, mean ± sd over seeds). Scores x100, the task's official metrics. Minutes "
+        "and peak memory are of one process with one torch thread on a 2-core machine "
+        "shared with other jobs (bf16 autocast where the CPU has it: "
+        f"{_cpu_note()}), so times are upper bounds.",
+        "",
+    ]
+    for task_name, entry in results.items():
+        task = get_task(task_name)
+        student = entry.get("student-ft")
+        lines += [f"## {task_name}", ""]
+        head = "| teacher | tuning | held-out | validation (" + ", ".join(task.metric_names)
+        lines += [
+            head + ") | vs student-ft | steps | minutes | peak GB |",
+            "|---|---|---:|---|---:|---:|---:|---:|",
+        ]
+        if student:
+            scores = ", ".join(
+                f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in student["metrics"].values()
+            )
+            lines.append(
+                f"| student-ft (minilm-l6, {student['seeds']} seeds) | full | | {scores} | | | "
+                f"{student['minutes']} | |"
+            )
+        for name, r in entry.get("teachers", {}).items():
+            if r["status"] != "ok":
+                lines.append(f"| {name} | {CANDIDATES[name].tuning} | {r['status']} |||||||")
+                continue
+            scores = ", ".join(f"{100 * r['validation'][n]:.1f}" for n in task.metric_names)
+            gap = ""
+            if student:
+                means = {n: m for n, (m, _) in student["metrics"].items()}
+                gap = f"{100 * (score(task, r['validation']) - score(task, means)):+.1f}"
+            lines.append(
+                f"| {name} | {r['tuning']} | {100 * score(task, r['heldout']):.1f} | {scores} | "
+                f"{gap} | {r['steps']} | {r['minutes']} | {r['peak_rss_gb']} |"
+            )
+        best = best_teacher(task, entry)
+        if best:
+            lines += ["", f"Best by held-out score (mean of the metrics): **{best}**."]
+        lines.append("")
+    out = Path(args.out)
+    out.write_text("\n".join(lines))
+    write_json_atomic(out.with_suffix(".json"), results)
+
+
+def score(task: Task, metrics: dict) -> float:
+    """The mean of the task's official metrics (the harness's score)."""
+    return statistics.mean(metrics[name] for name in task.metric_names)
+
+
+def best_teacher(task: Task, entry: dict) -> str | None:
+    """The candidate with the best held-out score: chosen without looking at validation."""
+    ok = {n: r for n, r in entry.get("teachers", {}).items() if r["status"] == "ok"}
+    if not ok:
+        return None
+    return max(ok, key=lambda n: score(task, ok[n]["heldout"]))
+
+
+def _cpu_note() -> str:
+    from retrikt.generator.lm import bf16_supported
+
+    return "this one has bf16" if bf16_supported() else "this one has no bf16: fp32"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", help="folder holding superglue/ and glue/")
+    parser.add_argument("--tasks", default="cb,copa,rte,mrpc,stsb,cola")
+    parser.add_argument("--teachers", default=",".join(CANDIDATES))
+    parser.add_argument("--seeds", default="0,1,2", help="student-ft seeds")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cache-dir", default="experiments/cache")
+    parser.add_argument("--out", default="experiments/results/teachers.md")
+    parser.add_argument("--no-student", action="store_true", help="teachers only")
+    args = parser.parse_args()
+    args.argv = sys.argv[1:]
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    path = Path(args.out).with_suffix(".json")
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    for task in args.tasks.split(","):
+        entry = results.setdefault(task, {"teachers": {}})
+        for name in args.teachers.split(","):
+            entry["teachers"][name] = run_teacher(task, CANDIDATES[name], args)
+            write_report(results, args)
+        if not args.no_student:
+            entry["student-ft"] = student_ft(task, args)
+            write_report(results, args)
+
+
+if __name__ == "__main__":
+    main()
