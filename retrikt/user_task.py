@@ -160,7 +160,7 @@ class TaskSpec(Config):
             if len(set(self.label_names)) != len(self.label_names):
                 raise ConfigError(f"label_names {self.label_names} repeat a name")
         words, names = self.label_words, self.label_names
-        if words is not None and (names is None or len(words) != len(names)):
+        if words is not None and names is not None and len(words) != len(names):
             raise ConfigError(f"label_words {words} must give one word per label ({names})")
         if self.label_range is not None:
             low, high = _range(self.label_range)
@@ -208,7 +208,7 @@ class TaskSpec(Config):
             raise ConfigError(f"{path}: {err}") from None
         folder = path.parent
         sources = {
-            split: str(folder / source)
+            split: str((folder / source).resolve())
             for split in SPLITS
             if (source := getattr(spec, split)) and not _is_hub(source)
         }
