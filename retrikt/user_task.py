@@ -128,7 +128,7 @@ class TaskSpec(Config):
     )
     seed: int = option(0, "seed of --val-fraction's split")
     choice_fields: list[str] | None = option(
-        None, "multiple choice: the columns holding the choices", cli=False
+        None, "multiple choice: the columns holding the choices, comma-separated"
     )
     label_names: list[str] | None = option(
         None, "the classes, in the head's order (default: train's values, sorted)", cli=False
@@ -139,7 +139,11 @@ class TaskSpec(Config):
     label_range: list[float] | None = option(
         None, "regression: [low, high] (default: train's min and max)", cli=False
     )
-    metrics: list[str] | None = option(None, "metrics to report (default by type)", cli=False)
+    metrics: list[str] | None = option(
+        None,
+        "metrics to report, comma-separated (default: accuracy,macro_f1 for classes, "
+        "pearson,spearman for scores, accuracy for choices)",
+    )
     description: str | None = option(None, "one line saying what the task is", cli=False)
     question: str | None = option(None, "what the teacher LLM is asked", cli=False)
     template: str | None = option(
@@ -148,6 +152,9 @@ class TaskSpec(Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for name in ("choice_fields", "metrics"):  # a flag gives them as "a,b"
+            if isinstance(value := getattr(self, name), str):
+                setattr(self, name, [part.strip() for part in value.split(",") if part.strip()])
         if self.name is not None and (not _NAME.fullmatch(self.name) or self.name in TASKS):
             raise ConfigError(
                 f"task name {self.name!r} must be letters, digits, '-', '_' or '.' and not a "
@@ -166,7 +173,9 @@ class TaskSpec(Config):
             low, high = _range(self.label_range)
             self.label_range = [low, high]
         if self.choice_fields is not None and (
-            self.task_type != CHOICE_TYPE or len(self.choice_fields) < 2 or self.pair_field
+            self.task_type not in (None, CHOICE_TYPE)
+            or len(self.choice_fields) < 2
+            or self.pair_field
         ):
             raise ConfigError(
                 "choice_fields needs task_type multiple-choice, at least 2 columns and no "

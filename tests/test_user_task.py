@@ -242,3 +242,18 @@ def test_inspect_data_reads_a_spec_without_a_data_dir(tmp_path, capsys, monkeypa
     out = capsys.readouterr().out
     assert re.search(r"train +10 examples +\{'false': 5, 'true': 5\}", out), out
     assert "test" not in out
+
+
+def test_init_builds_a_multiple_choice_task_from_choice_columns(tmp_path):
+    assert _init(tmp_path, "--train", str(USER / "situations.jsonl"), "--text-field",
+                 "situation", "--choice-fields", "a, b", "--label-field", "answer",
+                 "--val-fraction", "0.3") == 0  # fmt: skip
+    task = get_task(str(tmp_path / "task.yaml"))
+    assert task.head == "choice" and task.label_names == ("a", "b")
+    examples = task.read("train") + task.read("validation")
+    example = next(ex for ex in examples if ex["situation"] == "The train was cancelled.")
+    assert example["label"] == 1  # "b": the column of the right choice
+    assert task.encoder_inputs(example) == [(example["situation"], example["a"]),
+                                            (example["situation"], example["b"])]  # fmt: skip
+    assert task.choice_context(example) == example["situation"]
+    assert generation_prompt(task, 1).split("\n")[1] == "Correct choice: 2"

@@ -1,5 +1,6 @@
 """A user's own task through every command: build-store -> train-student -> evaluate ->
-predict -> serve, for a CSV classification task and a JSONL sentence-pair task.
+predict -> serve, for a CSV classification task, a JSONL sentence-pair task and a JSONL
+multiple-choice task.
 
 Tiny scale: a 1-layer random Llama (with SmolLM2's tokenizer) is the generator and the
 teacher, and its sampler is replaced by one that writes well-formed examples of the
@@ -36,6 +37,11 @@ CASES = {
         {"q1": "How do I reset my password?", "q2": "How can I change a lost password?",
          "same": True},
     ),
+    "situations": (
+        ["--train", str(USER / "situations.jsonl"), "--text-field", "situation",
+         "--choice-fields", "a,b", "--label-field", "answer", "--val-fraction", "0.34"],
+        {"situation": "The kettle boiled.", "a": "I made tea.", "b": "I went skiing."},
+    ),
 }  # fmt: skip
 
 
@@ -59,7 +65,7 @@ def _fake_sampler(task):
     def sample(self, prompts, seeds):
         texts = []
         for prompt, seed in zip(prompts, seeds, strict=True):
-            label = prompt.split("Label: ")[1].split("\n")[0]
+            label = prompt.split("\n")[1].split(": ")[1]  # the template's label line
             topic = TOPICS[seed % len(TOPICS)]
             example = {name: f"A {label} note {seed % 97} on {topic} ({name})."
                        for name in task.fields}  # fmt: skip
@@ -103,10 +109,11 @@ def test_a_users_task_goes_through_every_command(
     assert main(["evaluate", "--model", str(student)]) == 0
     scored = json.loads(capsys.readouterr().out)
     assert scored["task"] == name and scored["examples"] == len(task.read("validation"))
-    assert set(scored["metrics"]) == {"accuracy", "macro_f1"}
+    assert tuple(scored["metrics"]) == task.metric_names
 
     source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    source.write_text(json.dumps(item) + "\n" + json.dumps(list(item.values())[:-1]) + "\n")
+    texts = [item[name] for name in task.fields]  # the [text, pair] form
+    source.write_text(json.dumps(item) + "\n" + json.dumps(texts) + "\n")
     assert main(["predict", "--model", str(student), "--input", str(source),
                  "--output", str(out)]) == 0  # fmt: skip
     predictions = [json.loads(line) for line in out.read_text().splitlines()]
