@@ -291,7 +291,7 @@ class TaskSpec(Config):
         type_ = spec.task_type
         words = spec.label_words or spec.label_names
         defaults = {
-            "metrics": DEFAULT_METRICS[type_],
+            "metrics": list(DEFAULT_METRICS[type_]),
             "question": spec._default_question(words),
             "template": DEFAULT_TEMPLATES[type_],
         }

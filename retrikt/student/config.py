@@ -72,6 +72,12 @@ class StudentConfig(Config):
     training: dict[str, Any] = option(default_factory=dict, help="how it was trained")
     versions: dict[str, str] = option(default_factory=dict, help="libraries that wrote it")
 
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        if data["task_spec"] is None:
+            del data["task_spec"]  # students of built-in tasks stay readable by older RetriKT
+        return data
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> Self:
         """Strict loading of the config and of its nested retrieval settings."""
