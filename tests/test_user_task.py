@@ -257,3 +257,23 @@ def test_init_builds_a_multiple_choice_task_from_choice_columns(tmp_path):
                                             (example["situation"], example["b"])]  # fmt: skip
     assert task.choice_context(example) == example["situation"]
     assert generation_prompt(task, 1).split("\n")[1] == "Correct choice: 2"
+
+
+def test_hub_sources_go_to_datasets_with_config_and_split(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def load_dataset(name, config, split):
+        calls.append((name, config, split))
+        return [{"text": "A fine film.", "label": 1}, {"text": "A dull film.", "label": 0}]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    spec = TaskSpec(train="hub:org/reviews:plain", validation="hub:org/reviews:plain@test")
+    task = spec.complete().build()
+    assert (task.name, task.label_names) == ("reviews-plain", ("0", "1"))
+    assert task.read("validation")[0]["label"] == 1
+    assert calls[-1] == ("org/reviews", "plain", "test") and calls[0][2] == "train"
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: [{"text": "x", "label": 7}])
+    with pytest.raises(DataError, match=r"hub:org/reviews:plain@test row 1: field 'label'"):
+        task.read("validation")
