@@ -23,15 +23,18 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retrikt.errors import DataError
+from retrikt.errors import ConfigError, DataError
 
 SPLITS = ("train", "validation", "test")
+#: A ``--task`` ending so names a user's task spec file instead of a built-in task.
+SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 
 #: Kinds of task; they decide the student's head and how inputs are built.
 SINGLE, PAIR, MULTIPLE_CHOICE, REGRESSION, MULTI_ANSWER = (
@@ -86,6 +89,9 @@ class Task:
     spans: tuple[str, ...] = ()
     #: A nested object of the official records whose keys are lifted to the top (WSC's target).
     nested: str | None = None
+    #: The generator's prompt head, ``{description}`` and ``{label}`` filled in (default:
+    #: ``Task: <description>`` and the label line of ``retrikt.generator.templates``).
+    template: str = ""
 
     # ----------------------------------------------------------------- files
     @property
@@ -124,6 +130,11 @@ class Task:
         """Size of the predicted distribution (choices for COPA, classes otherwise)."""
         return 1 if self.is_regression else len(self.label_names or ())
 
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The splits this task has files for."""
+        return SPLITS
+
     def split_path(self, split: str, data_dir: str | os.PathLike) -> Path:
         ext = "jsonl" if self.benchmark == "superglue" else "tsv"
         stem = {"train": "train", "validation": "val" if ext == "jsonl" else "dev", "test": "test"}
@@ -147,7 +158,7 @@ class Task:
                 f"{self.name}: no {split} split at {path} (expected {fmt}, laid out as "
                 f"<data>/{self.benchmark}/{self.folder}/{path.name})"
             )
-        rows = _read_jsonl(path) if self.benchmark == "superglue" else self._read_tsv(path)
+        rows = read_jsonl(path) if self.benchmark == "superglue" else self._read_tsv(path)
         labelled = split != "test"  # a training or validation example without a label is a bug
         examples = [self._normalise(raw, f"{path}:{line}", labelled) for line, raw in rows]
         if not examples:
@@ -158,7 +169,7 @@ class Task:
         try:
             text = path.read_bytes().decode("utf-8-sig")
         except UnicodeDecodeError as err:
-            raise DataError(f"{_byte_position(path, err)}: not UTF-8 text ({err.reason})") from None
+            raise DataError(f"{byte_position(path, err)}: not UTF-8 text ({err.reason})") from None
         try:
             rows = list(csv.reader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE))
         except csv.Error as err:
@@ -316,6 +327,10 @@ class Task:
         pair = example[self.fields[1]] if len(self.fields) > 1 else None
         return [(example[self.fields[0]], pair)]
 
+    def choice_context(self, example: Example) -> str:
+        """Multiple choice: the open sentence the teacher LLM ends with each choice."""
+        return f"{example['premise'].strip().rstrip('.!?')} {self.connective(example)}"
+
     def connective(self, example: Example) -> str:
         """The word joining a multiple-choice context to its choices ("because", "so")."""
         return self.connectives[example["question"]]
@@ -364,7 +379,7 @@ class Task:
         return info
 
 
-def _byte_position(path: Path, err: UnicodeDecodeError) -> str:
+def byte_position(path: Path, err: UnicodeDecodeError) -> str:
     """``path:line`` of the byte a decoder choked on."""
     line = err.object[: err.start].count(b"\n") + 1
     return f"{path}:{line}"
@@ -378,7 +393,7 @@ def _has_lone_surrogate(text: str) -> bool:
     return False
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line, record); MultiRC's nested passages become one row per answer."""
     with path.open("rb") as fh:
         for line, data in enumerate(fh, start=1):
@@ -427,6 +442,27 @@ def _flatten_multirc(record: dict[str, Any], where: str) -> Iterator[dict[str, A
         raise DataError(
             f"{where}: malformed MultiRC record ({type(err).__name__}: {err})"
         ) from None
+
+
+def split_heldout(
+    task: Task, examples: list[Example], fraction: float, seed: int, setting: str
+) -> tuple[list[Example], list[Example]]:
+    """(rest, held): a seeded slice of the examples (at least one), stratified by label for
+    classification so that a rare class (CB's neutral) is not left out of it."""
+    rng = random.Random(seed)
+    groups: dict[Any, list[int]] = {}
+    for i, ex in enumerate(examples):
+        key = None if task.is_regression else ex["label"]
+        groups.setdefault(key, []).append(i)
+    held: set[int] = set()
+    for members in groups.values():
+        held.update(rng.sample(members, round(len(members) * fraction)))
+    if not held:
+        held.add(rng.randrange(len(examples)))
+    if len(held) == len(examples):
+        raise ConfigError(f"{setting} {fraction} leaves no example to train on")
+    rest = [ex for i, ex in enumerate(examples) if i not in held]
+    return rest, [examples[i] for i in sorted(held)]
 
 
 def resolve_data_source(data_dir: str | os.PathLike | None) -> str:
@@ -539,8 +575,16 @@ TASKS: dict[str, Task] = {
 
 
 def get_task(name: str) -> Task:
-    """Look a task up by name (case-insensitive; ``sts-b``/``sst-2`` spellings accepted)."""
+    """A built-in task by name (case-insensitive; ``sts-b``/``sst-2`` spellings accepted), or
+    a user's task from its spec file (``tickets.yaml``, see :mod:`retrikt.user_task`)."""
+    if Path(name).suffix.lower() in SPEC_SUFFIXES:
+        from retrikt.user_task import load_task
+
+        return load_task(name)
     key = name.lower().replace("sts-b", "stsb").replace("sst-2", "sst2")
     if key not in TASKS:
-        raise DataError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+        raise DataError(
+            f"unknown task {name!r}; known tasks: {', '.join(TASKS)}, or a task spec file "
+            "(.yaml/.json, written by 'retrikt task init')"
+        )
     return TASKS[key]

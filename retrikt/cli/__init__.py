@@ -16,6 +16,7 @@ from retrikt.errors import RetriktError
 
 # Order is the order shown by --help: the pipeline first, then the utilities.
 _COMMAND_MODULES = [
+    "task",
     "train_teacher",
     "build_store",
     "train_student",

@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         help="student folder; repeat to compare several students of one task",
     )
-    single.add_argument("--task", help="task name (default: the students' own)")
+    single.add_argument("--task", help="task name or task spec file (default: the students' own)")
     single.add_argument("--split", default="validation", choices=("train", "validation"))
     single.add_argument("--batch-size", type=int, default=32)
     single.add_argument("--out", help="also write the metrics to this JSON file")
@@ -101,7 +101,7 @@ def evaluate_students(args: argparse.Namespace) -> int:
     results = []
     for folder in args.model:
         model = RetriKT.from_pretrained(folder)
-        task = get_task(args.task or model.task.name)
+        task = get_task(args.task) if args.task else model.task
         if task.name != model.task.name:
             raise RetriktError(f"{folder} is a {model.task.name} student, not {task.name}")
         examples = task.read(args.split, args.data_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from retrikt.tasks import SPLITS, TASKS, get_task
+from retrikt.tasks import TASKS, get_task
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,7 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "record or unknown label, and with the expected path when a split is missing."
         ),
     )
-    sub.add_argument("--task", required=True, help=f"one of: {', '.join(TASKS)}")
+    sub.add_argument(
+        "--task",
+        required=True,
+        help=f"one of: {', '.join(TASKS)}; or a task spec file (retrikt task init)",
+    )
     sub.add_argument("--data-dir", help="data folder (default: $RETRIKT_DATA)")
     sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sub.set_defaults(func=inspect_data)
@@ -44,7 +48,7 @@ def list_tasks(args: argparse.Namespace) -> int:
 
 def inspect_data(args: argparse.Namespace) -> int:
     task = get_task(args.task)
-    report = {split: task.describe_split(task.read(split, args.data_dir)) for split in SPLITS}
+    report = {split: task.describe_split(task.read(split, args.data_dir)) for split in task.splits}
     if args.json:
         print(json.dumps({"task": task.name, "splits": report}, indent=2))
         return 0

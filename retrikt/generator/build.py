@@ -61,6 +61,7 @@ from retrikt.generator.templates import (
     parse_example,
 )
 from retrikt.tasks import Example, Task, get_task
+from retrikt.user_task import saved_spec
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +78,17 @@ class TaskData:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the training examples, so a changed data file invalidates the caches."""
-        return cache.key(
-            [self.task.name, [(self.task.render(ex), ex["label"]) for ex in self.train]]
-        )
+        """Identifies the task and its training examples, so a changed data file (or a user
+        task's edited spec) invalidates the caches."""
+        examples = [(self.task.render(ex), ex["label"]) for ex in self.train]
+        return cache.key([*task_key(self.task), examples])
+
+
+def task_key(task: Task) -> list[Any]:
+    """The task's part of a cache key: its name, and a user task's spec (its labels and
+    templates change what is generated); built-in tasks keep the keys they always had."""
+    spec = saved_spec(task)
+    return [task.name] if spec is None else [task.name, spec]
 
 
 def load_task_data(config: BuildConfig) -> TaskData:
@@ -239,14 +247,16 @@ def _refine(config: BuildConfig, data: TaskData, teacher: LLMTeacher, sft: Path,
 
 
 # ------------------------------------------------------------------ generation
-def generation_work_dir(config: BuildConfig, adapter: Path | None, teacher_id: str) -> Path:
+def generation_work_dir(
+    config: BuildConfig, task: Task, adapter: Path | None, teacher_id: str
+) -> Path:
     """Checkpoint folder of a generation run; samples_per_label is not in the key, so a
     rerun with more samples extends the same run (job ids are stable)."""
     sampling = {**config.sampling.to_dict(), "batch_size": None}  # batches do not change rows
     key = cache.key(
-        [config.task, config.generator, str(adapter), teacher_id, sampling, SAMPLER_VERSION]
+        [*task_key(task), config.generator, str(adapter), teacher_id, sampling, SAMPLER_VERSION]
     )
-    return config.cache / "generations" / f"{config.task}-{key}"
+    return config.cache / "generations" / f"{task.name}-{key}"
 
 
 def generate_records(
@@ -269,7 +279,7 @@ def generate_records(
     else:
         prompt_fn = lambda label: generation_prompt(task, label)  # noqa: E731
     jobs = plan_jobs(task.name, label_options(task), config.samples_per_label, prompt_fn)
-    work = generation_work_dir(config, adapter, teacher.id)
+    work = generation_work_dir(config, task, adapter, teacher.id)
 
     def annotate(records: list[dict[str, Any]]) -> None:
         parsed = [parse_example(task, r["text"], r["label"]) for r in records]

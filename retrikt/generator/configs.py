@@ -96,7 +96,7 @@ class BuildConfig(Config):
     ``retrikt.config.add_arguments``: this class is the one place of their help and defaults.
     """
 
-    task: str = option(None, "task name (see `retrikt tasks`)")
+    task: str = option(None, "task name (see `retrikt tasks`) or task spec file")
     out: str = option(None, "store folder to write, e.g. knowledge_store/cb")
     data_dir: str | None = option(None, "folder holding superglue/ and glue/ (or $RETRIKT_DATA)")
     generator: str = option("smollm2-135m", "generator LLM: preset, HF folder or hub id")

@@ -100,7 +100,7 @@ def adapter_digest(adapter_dir: str | Path) -> str:
 
 def _copa_continuations(task: Task, example: Example) -> tuple[str, list[str]]:
     """The premise as an open sentence ("The man fell because") and the choices that end it."""
-    context = f"{example['premise'].strip().rstrip('.!?')} {task.connective(example)}"
+    context = task.choice_context(example)
     choices = [example[name].strip() for name in task.choice_fields]
     return context, [f" {c[:1].lower()}{c[1:]}" for c in choices]
 

@@ -52,20 +52,34 @@ def score_bucket(task: Task, score: float) -> int:
     return int(min(max(round(float(score)), low), high))
 
 
-def label_line(task: Task, label: Any) -> str:
-    """The line that states the requested label (an index, a name, or a score)."""
+def label_value(task: Task, label: Any) -> str:
+    """The requested label as written in prompts: a name, a choice number, or a score bucket."""
     if task.is_regression:
-        high = int((task.label_range or (0.0, 5.0))[1])
-        return f"Similarity: {score_bucket(task, label)} out of {high}"
+        return str(score_bucket(task, label))
     index = task.parse_label(label)
     if task.task_type == MULTIPLE_CHOICE:
-        return f"Correct choice: {index + 1}"
-    return f"Label: {(task.label_names or ())[index]}"
+        return str(index + 1)
+    return (task.label_names or ())[index]
+
+
+def label_line(task: Task, label: Any) -> str:
+    """The line that states the requested label (an index, a name, or a score)."""
+    value = label_value(task, label)
+    if task.is_regression:
+        high = int((task.label_range or (0.0, 5.0))[1])
+        return f"Similarity: {value} out of {high}"
+    return f"{'Correct choice' if task.task_type == MULTIPLE_CHOICE else 'Label'}: {value}"
 
 
 def generation_prompt(task: Task, label: Any) -> str:
-    """What the policy continues: task, requested label, and the first field's title."""
-    return f"Task: {task.description}\n{label_line(task, label)}\n{field_title(task.fields[0])}:"
+    """What the policy continues: task, requested label (in the task's own template, if it
+    has one), and the first field's title."""
+    head = (
+        task.template.format(description=task.description, label=label_value(task, label))
+        if task.template
+        else f"Task: {task.description}\n{label_line(task, label)}"
+    )
+    return f"{head}\n{field_title(task.fields[0])}:"
 
 
 def format_example(task: Task) -> str:

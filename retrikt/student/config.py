@@ -65,9 +65,18 @@ class StudentConfig(Config):
     max_length: int = option(128, "max tokens per encoder input", min=8)
     dropout: float = option(0.1, "dropout before the head", min=0, below=1)
     retrieval: RetrievalConfig | None = option(None, "retrieval settings (None: plain student)")
+    task_spec: dict[str, Any] | None = option(
+        None, "a user task's spec (retrikt task init): the task is rebuilt from it"
+    )
     format_version: int = option(FORMAT_VERSION, "student folder format", min=1)
     training: dict[str, Any] = option(default_factory=dict, help="how it was trained")
     versions: dict[str, str] = option(default_factory=dict, help="libraries that wrote it")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        if data["task_spec"] is None:
+            del data["task_spec"]  # students of built-in tasks stay readable by older RetriKT
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> Self:
@@ -85,7 +94,7 @@ class TrainConfig(Config):
     ``retrikt train-student`` has one flag per field, generated from this class.
     """
 
-    task: str = option(help="task name (see 'retrikt tasks')")
+    task: str = option(help="task name (see 'retrikt tasks') or task spec file")
     encoder: str = option("minilm-l6", "encoder preset, 'minilm-l6:N' or folder")
     epochs: int = option(3, "training epochs", min=1)
     lr: float = option(5e-5, "encoder learning rate", min=0)

@@ -63,6 +63,7 @@ from retrikt.student.config import (
 )
 from retrikt.student.memory import Memory, memory_rows
 from retrikt.tasks import CLASSIFICATION, SCORE, EncoderInput, Example, Task, get_task
+from retrikt.user_task import restore_task, saved_spec
 
 #: Head parameters renamed since format 1 (old name -> new name).
 _RENAMED = {"log_temperature": "log_retrieval_temperature"}
@@ -126,7 +127,7 @@ class RetriKT(nn.Module):
     def __init__(self, config: StudentConfig, encoder: nn.Module, pooling: nn.Module):
         super().__init__()
         self.config = config
-        self.task = get_task(config.task)
+        self.task = restore_task(config.task, config.task_spec, "student config")
         self.encoder = encoder  # sentence-transformers' Transformer module
         self.pooling = pooling  # and its Pooling module (mean over tokens)
         self.encoder.max_seq_length = config.max_length
@@ -162,7 +163,11 @@ class RetriKT(nn.Module):
         resolved = resolve_model(encoder or default_model(ENCODER), ENCODER)
         local = resolved.preset is not None or Path(resolved.path).is_dir()
         config = StudentConfig(
-            task=task.name, encoder=resolved.name, head=task.head, max_length=max_length
+            task=task.name,
+            task_spec=saved_spec(task),
+            encoder=resolved.name,
+            head=task.head,
+            max_length=max_length,
         )
         return cls._load(config, resolved.path, local, **resolved.config_overrides)
 

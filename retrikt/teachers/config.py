@@ -19,7 +19,7 @@ DEFAULT_LR = {"lora": 2e-4, "full": 2e-5, "prompt": 3e-2}
 class TeacherConfig(Config):
     """Hyper-parameters of teacher tuning (defaults: SmolLM2-135M LoRA on a few hundred pairs)."""
 
-    task: str = option(None, "task name (see `retrikt tasks`)")
+    task: str = option(None, "task name (see `retrikt tasks`) or task spec file")
     out: str = option(None, "folder to write the teacher to, e.g. teachers/cb")
     data_dir: str | None = option(None, "folder holding superglue/ and glue/ (or $RETRIKT_DATA)")
     model: str = option("smollm2-135m", "base model: LLM preset, HF folder or hub id")

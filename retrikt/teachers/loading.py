@@ -27,8 +27,9 @@ from retrikt.errors import RetriktError
 from retrikt.generator.lm import compute_dtype
 from retrikt.generator.teacher import LLMTeacher
 from retrikt.models import GENERATOR, PRESETS, resolve_model
-from retrikt.tasks import Example, Task, get_task
+from retrikt.tasks import Example, Task
 from retrikt.teachers.classifier import ClassifierTeacher, load_classifier
+from retrikt.user_task import restore_task
 
 TEACHER_CONFIG = "teacher_config.json"
 EVAL_RESULTS = "eval_results.json"
@@ -128,7 +129,7 @@ def _load_tuned(folder: Path, batch_size: int) -> Teacher:
     meta = json.loads((folder / TEACHER_CONFIG).read_text())
     if meta["tuning"] == "prompt":
         return LLMTeacher(meta["base_model"], folder, batch_size=batch_size)
-    task = get_task(meta["task"])
+    task = restore_task(meta["task"], meta.get("task_spec"), str(folder / TEACHER_CONFIG))
     if meta["tuning"] == "lora":
         from peft import PeftModel
 

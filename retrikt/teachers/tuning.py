@@ -31,7 +31,7 @@ import torch
 from retrikt.errors import ConfigError, RetriktError
 from retrikt.generator.build import measure_teacher
 from retrikt.generator.lm import bf16_supported
-from retrikt.tasks import Example, Task, get_task
+from retrikt.tasks import Example, Task, get_task, split_heldout
 from retrikt.teachers.classifier import (
     ClassifierTeacher,
     Collator,
@@ -42,6 +42,7 @@ from retrikt.teachers.classifier import (
 )
 from retrikt.teachers.config import TeacherConfig
 from retrikt.teachers.loading import EVAL_RESULTS, TEACHER_CONFIG, Teacher, tuned_id
+from retrikt.user_task import saved_spec
 
 logger = logging.getLogger(__name__)
 
@@ -69,26 +70,6 @@ class TeacherData:
     validation: list[Example]  # scored once at the end, never used to choose
 
 
-def split_heldout(
-    task: Task, train: list[Example], fraction: float, seed: int
-) -> tuple[list[Example], list[Example]]:
-    """A seeded slice of the training examples (at least one), stratified by label for
-    classification so that a rare class (CB's neutral) is not left out of it."""
-    rng = random.Random(seed)
-    groups: dict[Any, list[int]] = {}
-    for i, ex in enumerate(train):
-        key = None if task.is_regression else ex["label"]
-        groups.setdefault(key, []).append(i)
-    held: set[int] = set()
-    for members in groups.values():
-        held.update(rng.sample(members, round(len(members) * fraction)))
-    if not held:
-        held.add(rng.randrange(len(train)))
-    if len(held) == len(train):
-        raise ConfigError(f"--heldout-fraction {fraction} leaves no example to train on")
-    return [ex for i, ex in enumerate(train) if i not in held], [train[i] for i in sorted(held)]
-
-
 def load_teacher_data(config: TeacherConfig) -> TeacherData:
     """The labelled training split (optionally subsampled) cut into fit and held-out, and
     the validation split."""
@@ -105,7 +86,9 @@ def load_teacher_data(config: TeacherConfig) -> TeacherData:
             "%s: no validation split; the teacher is scored on the held-out slice only", task.name
         )
         validation = []
-    fit, heldout = split_heldout(task, train, config.heldout_fraction, config.seed)
+    fit, heldout = split_heldout(
+        task, train, config.heldout_fraction, config.seed, "--heldout-fraction"
+    )
     return TeacherData(fit, heldout, [ex for ex in validation if ex["label"] is not None])
 
 
@@ -202,6 +185,7 @@ def _teacher_config(config: TeacherConfig, task: Task) -> dict[str, Any]:
 
     return {
         "task": task.name,
+        "task_spec": saved_spec(task),
         "base_model": config.model,
         "tuning": config.tuning,
         "label_names": list(task.label_names) if task.label_names else None,
