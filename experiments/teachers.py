@@ -51,10 +51,12 @@ CANDIDATES = {
     for c in (
         Candidate("smollm2-lora", "smollm2-135m", "lora"),
         Candidate("smollm2-full", "smollm2-135m", "full"),
-        Candidate("gemma-lora", "gemma-3-270m", "lora"),
-        Candidate("qwen-lora", "qwen2.5-0.5b", "lora"),
         # The non-LLM reference: a sentence encoder fine-tuned as a cross-encoder.
         Candidate("mpnet-full", "mpnet-base", "full"),
+        # Half batches, two accumulated: the same step as the others in less memory (a batch
+        # of 16 long CB pairs took 12 GB for SmolLM2 LoRA; Qwen is ~4x that model).
+        Candidate("gemma-lora", "gemma-3-270m", "lora", ("--batch-size", "8", "--grad-accum", "2")),
+        Candidate("qwen-lora", "qwen2.5-0.5b", "lora", ("--batch-size", "8", "--grad-accum", "2")),
     )
 }
 
@@ -229,6 +231,18 @@ def best_teacher(task: Task, entry: dict) -> str | None:
     return max(ok, key=lambda n: score(task, ok[n]["heldout"]))
 
 
+def best_flags(results: dict, tasks: list[str]) -> list[str]:
+    """``--teacher TASK=DIR`` for the best measured teacher of each task that has one."""
+    from retrikt.tasks import get_task
+
+    flags = []
+    for name in tasks:
+        best = best_teacher(get_task(name), results.get(name, {}))
+        if best:
+            flags.append(f"--teacher {name}={results[name]['teachers'][best]['folder']}")
+    return flags
+
+
 def _cpu_note() -> str:
     from retrikt.generator.lm import bf16_supported
 
@@ -245,12 +259,21 @@ def main() -> None:
     parser.add_argument("--cache-dir", default="experiments/cache")
     parser.add_argument("--out", default="experiments/results/teachers.md")
     parser.add_argument("--no-student", action="store_true", help="teachers only")
+    parser.add_argument(
+        "--print-best",
+        action="store_true",
+        help="print `--teacher TASK=DIR` flags of the best measured teachers (for `retrikt "
+        "evaluate`) and exit",
+    )
     args = parser.parse_args()
     args.argv = sys.argv[1:]
     args.seeds = [int(s) for s in args.seeds.split(",")]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     path = Path(args.out).with_suffix(".json")
     results = json.loads(path.read_text()) if path.is_file() else {}
+    if args.print_best:
+        print(" ".join(best_flags(results, args.tasks.split(","))))
+        return
     for task in args.tasks.split(","):
         entry = results.setdefault(task, {"teachers": {}})
         for name in args.teachers.split(","):

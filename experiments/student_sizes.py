@@ -1,0 +1,146 @@
+"""The extreme-compression axis: score against latency and parameters as the student shrinks.
+
+Issue 12.5: the paper's regime is a student around 1% of its LLM. This reads the harness
+tables of one task set run with several student encoders against the same store (one
+``retrikt evaluate ... --encoder E --store TASK=DIR`` table per encoder) and writes, per
+task, the score of ``student-ft``, ``student-kd`` and ``retrikt`` against the student's p50
+latency at batch 1 and its parameter count, plus the teacher's row when the tables have it::
+
+    .venv/bin/python experiments/student_sizes.py --out experiments/results/student_sizes \\
+        experiments/results/table-full-minilm-l6.json \\
+        experiments/results/table-full-minilm-l3.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on a server
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
+
+METHODS = ("student-ft", "student-kd", "retrikt")
+REFERENCES = ("teacher", "llm-prompt")  # whichever the tables have: the model being replaced
+logger = logging.getLogger("student_sizes")
+
+
+def collect(paths: list[Path]) -> dict[str, list[dict]]:
+    """Rows by task: one per (encoder, method) with score, latency and parameters."""
+    by_task: dict[str, list[dict]] = {}
+    for path in paths:
+        table = json.loads(path.read_text())
+        encoder = table["config"]["encoder"]
+        for row in table["summary"]:
+            if row["status"] != "ok" or row["method"] not in METHODS + REFERENCES:
+                continue
+            by_task.setdefault(row["task"], []).append(
+                {
+                    "encoder": encoder,
+                    "method": row["method"],
+                    "score": 100 * row["score"]["mean"],
+                    "std": 100 * row["score"]["std"],
+                    "latency_ms": row["latency_ms_p50"],
+                    "params_m": row["params"] / 1e6,
+                    "scale": table["scale"]["name"],
+                }
+            )
+    return by_task
+
+
+def _unique_references(rows: list[dict]) -> list[dict]:
+    """The teacher appears in every table: keep it once."""
+    seen, kept = set(), []
+    for row in rows:
+        if row["method"] in REFERENCES:
+            if row["method"] in seen:
+                continue
+            seen.add(row["method"])
+        kept.append(row)
+    return kept
+
+
+def write_markdown(by_task: dict[str, list[dict]], out: Path, command: str) -> None:
+    lines = [
+        "# Student size: score against latency and parameters",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        "Score = mean of the task's official metrics x100 (mean ± sd over seeds); latency = p50 "
+        "at batch 1, one example at a time, tokenisation included (as the harness measures "
+        "it); the teacher row is the model the student replaces.",
+        "",
+    ]
+    for task, rows in by_task.items():
+        lines += [
+            f"## {task}",
+            "",
+            "| student | method | score | p50 ms | params (M) |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for row in _unique_references(rows):
+            encoder = "-" if row["method"] in REFERENCES else row["encoder"]
+            lines.append(
+                f"| {encoder} | {row['method']} | {row['score']:.1f} ± {row['std']:.1f} | "
+                f"{row['latency_ms']} | {row['params_m']:.1f} |"
+            )
+        lines.append("")
+    out.with_suffix(".md").write_text("\n".join(lines))
+
+
+def _size(row: dict) -> float:
+    return row["params_m"]
+
+
+def plot(by_task: dict[str, list[dict]], out: Path) -> None:
+    tasks = list(by_task)
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4 * len(tasks), 7), squeeze=False)
+    for col, task in enumerate(tasks):
+        rows = _unique_references(by_task[task])
+        for row_axis, (field, label) in enumerate(
+            (("latency_ms", "p50 latency at batch 1 (ms)"), ("params_m", "parameters (M)"))
+        ):
+            ax = axes[row_axis][col]
+            for method in METHODS:
+                # Joined in order of size, so a line runs from the largest student down.
+                ordered = sorted((r for r in rows if r["method"] == method), key=_size)
+                if ordered:
+                    xs, ys = [r[field] for r in ordered], [r["score"] for r in ordered]
+                    ax.plot(xs, ys, marker="o", label=method)
+            for ref in (r for r in rows if r["method"] in REFERENCES):
+                ax.scatter([ref[field]], [ref["score"]], marker="*", s=150, label=ref["method"])
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel(label)
+            ax.set_title(task)
+            ax.grid(alpha=0.3)
+            if col == 0:
+                ax.set_ylabel("score")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("tables", nargs="+", type=Path, help="harness .json tables")
+    parser.add_argument("--out", type=Path, default=Path("experiments/results/student_sizes"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    by_task = collect(args.tables)
+    command = ".venv/bin/python experiments/student_sizes.py " + shlex.join(sys.argv[1:])
+    write_markdown(by_task, args.out, command)
+    plot(by_task, args.out)
+    logger.info("wrote %s.md and .png", args.out)
+
+
+if __name__ == "__main__":
+    main()
