@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -70,6 +71,7 @@ def prepare(task_name: str, args: argparse.Namespace) -> dict[str, Path]:
         config = TrainConfig(task=task.name, encoder=args.encoder, epochs=args.epochs,
                              train_limit=args.train_limit, seed=0)  # fmt: skip
         examples = subsample(task.read("train", args.data_dir), args.train_limit)
+        shutil.rmtree(root / "source-store", ignore_errors=True)  # left by an interrupted run
         source = gold_store(task, examples, root / "source-store")
         model = RetriKT.from_encoder(task, args.encoder)
         model.attach_store(source, k=8)
@@ -101,17 +103,26 @@ def compare(task_name: str, folders: dict[str, Path], args: argparse.Namespace) 
         seconds = time.perf_counter() - start
         predictions = label_predictions(task, final)
         labels = [task.label_name(p) if task.is_regression else p for p in predictions]
-        results[kind] = (final, raw.rows, labels)
+        results[kind] = (final, raw.rows, labels, raw.model)
         out["variants"][kind] = {
             "metrics": task.evaluate(predictions, examples),
             "examples_per_s": round(len(examples) / seconds, 1),
             "model_mb": round(sum(f.stat().st_size for f in folder.rglob("*")
                                   if f.is_file() and "store" not in f.parts) / 1e6, 1),
         }  # fmt: skip
-    reference, ref_rows, ref_labels = results["pytorch"]
+    reference, ref_rows, ref_labels, ref_head = results["pytorch"]
+    top2 = np.sort(reference, axis=1)[:, -2:] if reference.shape[1] > 1 else None
     for kind in ("onnx-fp32", "onnx-int8"):
-        final, rows, labels = results[kind]
+        final, rows, labels, head = results[kind]
+        flipped = np.array([a != b for a, b in zip(labels, ref_labels, strict=True)])
         out["variants"][kind] |= {
+            # Where labels differ, how sure PyTorch was: the gap between its top two classes.
+            "flipped_max_margin": None
+            if top2 is None or not flipped.any()
+            else float((top2[:, 1] - top2[:, 0])[flipped].max()),
+            "same_head_label": None
+            if top2 is None
+            else float(np.mean(head.argmax(1) == ref_head.argmax(1))),
             "max_abs_diff": float(np.abs(final - reference).max()),
             "same_label": float(np.mean([a == b for a, b in zip(labels, ref_labels, strict=True)])),
             "same_neighbours": float(np.mean((rows == ref_rows).all(axis=1))),
@@ -131,10 +142,13 @@ def render(report: dict[str, Any]) -> str:
             change = ", ".join(
                 f"{name} {100 * (d['metrics'][name] - pt[name]):+.2f}" for name in pt
             )
+            head = "-" if d["same_head_label"] is None else f"{100 * d['same_head_label']:.1f}%"
+            margin = "-" if d["flipped_max_margin"] is None else f"{d['flipped_max_margin']:.3f}"
             rows.append(
                 f"| {r['task']} | {r['examples']} | {kind} | {d['max_abs_diff']:.1e} | "
-                f"{100 * d['same_label']:.1f}% | {100 * d['same_neighbours']:.1f}% | "
-                f"{100 * d['neighbour_overlap']:.1f}% | {change} |"
+                f"{100 * d['same_label']:.1f}% | {head} | {margin} | "
+                f"{100 * d['same_neighbours']:.1f}% | {100 * d['neighbour_overlap']:.1f}% | "
+                f"{change} |"
             )
     scores = []
     for r in report["tasks"]:
@@ -161,7 +175,10 @@ gold labels), saved, then `retrikt export --format onnx` and `retrikt export --f
 --quantize int8`. All three folders predict the whole validation split through
 `RetriKT.predict_examples` (tokenizer, encoder, k=8 retrieval, mixing). The students are
 small and briefly trained (parity is about the export, not the score); the metric columns
-show the int8 score change per task. "Same ranked neighbours": the k rows retrieved, in
+show the int8 score change per task. "Head alone": the label of the student's own
+prediction before the neighbours are mixed in. "Largest margin": among inputs whose label
+changed, the largest gap between PyTorch's top two probabilities (a small number: only
+near-ties flipped). "Same ranked neighbours": the k rows retrieved, in
 the same order; "neighbour overlap": the share of PyTorch's k rows also retrieved. Labels of
 STS-B are its score bins
 (`Task.label_name`); its "max diff" is in score units (0-5).
@@ -169,8 +186,8 @@ STS-B are its score bins
 Targets: float32 probabilities within 1e-4 of PyTorch on every input: **{"met" if fp32_ok else "missed"}**;
 int8 same label on >= 99% of inputs: **{"met" if int8_ok else "missed"}** (per task below).
 
-| task | inputs | export | max abs diff to PyTorch | same label | same ranked neighbours | neighbour overlap | metric change (points) |
-|---|---|---|---|---|---|---|---|
+| task | inputs | export | max abs diff to PyTorch | same label | same label, head alone | largest PyTorch margin among changed labels | same ranked neighbours | neighbour overlap | metric change (points) |
+|---|---|---|---|---|---|---|---|---|---|
 {nl.join(rows)}
 
 ## Official metrics (x100) and prediction speed

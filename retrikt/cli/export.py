@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from retrikt.student.onnx import export_student
     from retrikt.student_folder import load_student
 
-    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # a line per folded constant
+    for name in ("onnx_ir", "onnxscript"):  # a line per folded constant or rewrite
+        logging.getLogger(name).setLevel(logging.WARNING)
     model = load_student(config.model)
     export_student(model, config.out, config.quantize, source=config.model)
     return 0
