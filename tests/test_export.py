@@ -89,6 +89,15 @@ def test_int8_export_keeps_the_labels(student_dir, exported, rte):
     assert (probs.argmax(1) == reference.argmax(1)).mean() >= 0.95
 
 
+def test_an_int8_answer_does_not_depend_on_the_inputs_batched_with_it(exported, rte):
+    _, validation = rte
+    model = RetriKT.from_pretrained(exported["int8"])
+    together = model.predict_examples(validation[:8], batch_size=8)
+    alone = np.concatenate([model.predict_examples([ex]) for ex in validation[:8]])
+    # What a served request gets, whatever it is batched with (float rounding aside).
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+
+
 def test_predict_evaluate_and_serve_load_an_exported_folder(
     student_dir, exported, rte, data_dir, tmp_path, capsys
 ):

@@ -74,9 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=2.0,
         metavar="MS",
-        help="when fewer than --max-batch inputs wait, how long the model waits for more "
-        "requests to run in the same batch (0: run what is there at once; default: "
-        "%(default)s)",
+        help="when a request finds the model idle, how long it waits for more requests to "
+        "run in the same batch, up to --max-batch inputs (0: at once; under load requests "
+        "are batched without waiting; default: %(default)s)",
     )
     sub.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
     sub.set_defaults(func=run)
