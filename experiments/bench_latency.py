@@ -388,9 +388,11 @@ def render(r: dict[str, Any]) -> str:
     store = first["students"]["store"]
     nl = "\n"
 
+    def contaminated(c: dict, threads: int) -> bool:
+        return (os.cpu_count() or 1) - c["cores_others"] < threads - CONTAMINATION_SLACK
+
     def load(c: dict, threads: int) -> str:
-        free = (os.cpu_count() or 1) - c["cores_others"]
-        flag = " **contaminated**" if free < threads - CONTAMINATION_SLACK else ""
+        flag = " **contaminated**" if contaminated(c, threads) else ""
         return f"{c['cores_others']} cores busy with other work, load {c['loadavg_1m']}{flag}"
 
     def row(name: str, b1: dict, b32: dict) -> str:
@@ -399,8 +401,8 @@ def render(r: dict[str, Any]) -> str:
 
     sections, targets, loads = [], [], []
     size = f"{store['entries'] // 1000}k" if store["entries"] >= 1000 else str(store["entries"])
-    for threads, run in r["runs"].items():
-        s, rows = run["students"], []
+    for key, run in r["runs"].items():
+        threads, s, rows = int(key), run["students"], []
         for runtime, label in RUNTIMES.items():
             for suffix, what in (("", "student alone"), ("+store", f"RetriKT, {size} store")):
                 name = runtime + suffix
@@ -409,8 +411,19 @@ def render(r: dict[str, Any]) -> str:
                         s["batch32"]["int8+store-hnsw"]))  # fmt: skip
         for dtype, t in run["teachers"].items():
             rows.append(row(f"teacher, {dtype} ({t['dtype']})", t["batch1"], t["batch32"]))
+        phases = [s["batch1"]["cpu"], s["batch32"]["cpu"]] + [
+            t[b]["cpu"] for t in run["teachers"].values() for b in ("batch1", "batch32")
+        ]
+        warning = (
+            "**Every phase below is contaminated**: other jobs left fewer free cores than "
+            f"the {threads} threads, which then time-share what is left; these numbers "
+            "measure that contention, not the models.\n"
+            if all(contaminated(c, threads) for c in phases)
+            else ""
+        )
         sections.append(f"""### {threads} thread(s)
 
+{warning}
 | model | batch 1 p50 ms | batch 1 p95 ms | batch 1 CPU ms p50 | batch 32 inputs/s | batch 32 inputs per CPU-s |
 |---|---|---|---|---|---|
 {nl.join(rows)}
@@ -422,7 +435,7 @@ def render(r: dict[str, Any]) -> str:
                 ok = max(one, many) <= 0.15
                 overhead = f"{one:+.1%} / {many:+.1%}"
                 targets.append(
-                    f"| {threads} | {RUNTIMES[runtime]} | {dtype} | {overhead}"
+                    f"| {threads}{' (contaminated)' if warning else ''} | {RUNTIMES[runtime]} | {dtype} | {overhead}"
                     f" | {'met' if ok else '**missed**'} | {v['speedup_batch1']}x | "
                     f"{v['speedup_batch32']}x | {'met' if met else '**missed**'} |"
                 )
