@@ -434,8 +434,9 @@ def render(r: dict[str, Any]) -> str:
                 one, many = v["retrieval_overhead_batch1"], v["retrieval_overhead_batch32"]
                 ok = max(one, many) <= 0.15
                 overhead = f"{one:+.1%} / {many:+.1%}"
+                label = f"{threads} (contaminated)" if warning else str(threads)
                 targets.append(
-                    f"| {threads}{' (contaminated)' if warning else ''} | {RUNTIMES[runtime]} | {dtype} | {overhead}"
+                    f"| {label} | {RUNTIMES[runtime]} | {dtype} | {overhead}"
                     f" | {'met' if ok else '**missed**'} | {v['speedup_batch1']}x | "
                     f"{v['speedup_batch32']}x | {'met' if met else '**missed**'} |"
                 )
