@@ -16,6 +16,11 @@ queue with an immediate 503 + Retry-After, and answer what it admitted, not stal
 
     python experiments/load_test.py --model DIR --data-dir ../shared/data --bad-fraction 0.1 \\
         --burst 16 --out experiments/results/load_test
+
+Request batching was compared with ``--requests 1000 --clients 8`` against a server of the
+main branch before it (``--url``), and this one with ``--batch-wait-ms 0`` and ``2``, each with
+the PyTorch and the int8 student (``experiments/results/load_test-batching-*``); the server
+reports how many inputs each model call batched (``GET /metrics``, kept in the results).
 """
 
 from __future__ import annotations

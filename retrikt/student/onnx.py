@@ -12,7 +12,7 @@ The head stays in torch: it is one (hidden x labels) matrix, microseconds at any
 and kept in float32 it adds no quantisation error of its own. Export uses torch's own
 exporter (``torch.onnx.export``, the ``torch.export``-based one); ``--quantize int8`` is
 onnxruntime's dynamic quantisation (int8 weights of every MatMul with one scale per output
-channel, activations quantised per batch), which needs no calibration data. Each export is
+channel, activations quantised as they come), which needs no calibration data. Each export is
 checked before it is published: the graph must reproduce the PyTorch vectors on samples.
 
 Example::
@@ -29,7 +29,7 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from torch import nn
 
 from retrikt.errors import ModelFileError, RetriktError
 from retrikt.student.config import CONFIG_NAME, HEAD_NAME, STORE_DIR
+
+if TYPE_CHECKING:
+    from retrikt.student.model import RetriKT
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +131,8 @@ class OnnxEncoder(nn.Module):
             )[0]
             for row, keep in enumerate(mask)
         ]
+        if not pooled:
+            return {"sentence_embedding": torch.zeros(0, self.dim)}
         return {"sentence_embedding": torch.from_numpy(np.concatenate(pooled))}
 
 
@@ -146,7 +151,7 @@ def load_encoder(directory: Path) -> tuple[OnnxEncoder, nn.Module]:
 class _Embedder(nn.Module):
     """What is exported: token ids to the student's mean-pooled vector."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: RetriKT):
         super().__init__()
         self.model = model
 
@@ -163,7 +168,7 @@ class _Embedder(nn.Module):
 
 
 def export_student(
-    model: Any, out: str | Path, quantize: str | None = None, source: str | Path | None = None
+    model: RetriKT, out: str | Path, quantize: str | None = None, source: str | Path | None = None
 ) -> Path:
     """Write ``model`` (a PyTorch ``RetriKT``) as an exported student folder at ``out``.
 
@@ -212,7 +217,7 @@ def _copy_student_files(source: Path, stage: Path) -> None:
                         ignore=shutil.ignore_patterns(".lock"))  # fmt: skip
 
 
-def _export_graph(model: Any, path: Path) -> list[str]:
+def _export_graph(model: RetriKT, path: Path) -> list[str]:
     """The encoder and its pooling as one ONNX graph, batch and length dynamic."""
     features = model.tokenize_inputs(_CHECK_TEXTS)
     names = [name for name in INPUTS if name in features]
@@ -254,7 +259,7 @@ def _quantize_int8(fp32: Path, target: Path) -> None:
         root.setLevel(level)
 
 
-def _check(model: Any, stage: Path, names: Sequence[str], quantize: str | None) -> None:
+def _check(model: RetriKT, stage: Path, names: Sequence[str], quantize: str | None) -> None:
     """The exported graph must give PyTorch's vectors (float32) or close ones (int8)."""
     features = model.tokenize_inputs(_CHECK_TEXTS)
     with torch.inference_mode():
