@@ -9,7 +9,7 @@ mixing included). Reported per task: the largest probability (or score) differen
 PyTorch, the share of inputs with the same label and the same retrieved neighbours, and
 the official metrics of each. Students and exports are cached under ``experiments/cache``.
 
-    python experiments/export_parity.py --tasks cb,copa,rte,mrpc,cola,stsb,wic,sst2 \\
+    python experiments/export_parity.py --tasks cb,copa,rte,mrpc,cola,stsb,sst2 \\
         --data-dir ../shared/data --threads 1 --out experiments/results/export_parity
 """
 
@@ -102,7 +102,7 @@ def compare(task_name: str, folders: dict[str, Path], args: argparse.Namespace) 
         final, _ = model.combined(raw)
         seconds = time.perf_counter() - start
         predictions = label_predictions(task, final)
-        labels = [task.label_name(p) if task.is_regression else p for p in predictions]
+        labels = [round(p) if task.is_regression else p for p in predictions]
         results[kind] = (final, raw.rows, labels, raw.model)
         out["variants"][kind] = {
             "metrics": task.evaluate(predictions, examples),
@@ -179,9 +179,8 @@ show the int8 score change per task. "Head alone": the label of the student's ow
 prediction before the neighbours are mixed in. "Largest margin": among inputs whose label
 changed, the largest gap between PyTorch's top two probabilities (a small number: only
 near-ties flipped). "Same ranked neighbours": the k rows retrieved, in
-the same order; "neighbour overlap": the share of PyTorch's k rows also retrieved. Labels of
-STS-B are its score bins
-(`Task.label_name`); its "max diff" is in score units (0-5).
+the same order; "neighbour overlap": the share of PyTorch's k rows also retrieved. STS-B's
+"label" is its score rounded to the nearest grade (0-5); its "max diff" is in score units.
 
 Targets: float32 probabilities within 1e-4 of PyTorch on every input: **{"met" if fp32_ok else "missed"}**;
 int8 same label on >= 99% of inputs: **{"met" if int8_ok else "missed"}** (per task below).

@@ -144,7 +144,7 @@ class ExportConfig(Config):
     """What ``retrikt export`` writes: a trained student folder in a runtime for serving."""
 
     model: str = option(help="the trained (PyTorch) student folder to export")
-    out: str = option(help="the exported student folder to write (must not exist yet)")
+    out: str = option(help="the exported student folder to write (a new or empty folder)")
     format: str = option("onnx", "what the encoder is exported to", choices=("onnx",))
     quantize: str | None = option(
         None, "int8: dynamic int8 quantisation of the encoder's weights", choices=("int8",)
