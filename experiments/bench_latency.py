@@ -1,25 +1,29 @@
-"""Latency and throughput: the student alone, the RetriKT student with a 50k store, the LLM.
+"""Latency and throughput: the RetriKT student in PyTorch, ONNX fp32 and ONNX int8, with and
+without its store, against the tuned LLM teacher it replaces.
 
-What is timed is what a user calls: ``RetriKT.predict(items)`` (input checks, tokenizing,
-the encoder, and for RetriKT the store search, the combination rule and the explained
-neighbours), and for the LLM the generator scoring the task's label words after the
-teacher's chat prompt, one forward pass per input (``LLMClassifier``: the teacher's
-computation, trimmed to the last position's logits). All three get the same real
-validation inputs.
+What is timed is what a user calls, tokenisation included: ``RetriKT.predict(items)`` (input
+checks, tokenizing, the encoder, and with a store the search, the combination rule and the
+explained neighbours), and the teacher's ``label_probs`` (tokenizing, the LLM with its
+classification head). All get the same real validation inputs, at batch 1 and batch 32,
+with each of ``--threads`` (torch, onnxruntime and faiss alike).
 
-* Student alone and RetriKT share one encoder and head (each of ``--encoders``, untrained head:
-  latency does not depend on the weights' values); RetriKT adds a store of ``--store-size``
-  entries. Batch-1 calls alternate between the two, input by input, so a change in machine
-  load hits both alike; the retrieval overhead is the ratio of their medians.
+* Six student variants share one encoder and head (``--encoder``, untrained head: latency
+  does not depend on the weights' values): the PyTorch folder without and with a store of
+  ``--store-size`` entries, and both exported by ``retrikt export`` (float32, int8). Calls
+  alternate between them, input by input, so a change in machine load hits all alike; the
+  retrieval overhead is the ratio of their medians.
 * The store's texts are synthetic but realistic: pairs (or single sentences) drawn from real
   GLUE/SuperGLUE sentences under ``--data-dir``, with random teacher distributions. Their
   keys are real embeddings by the student's own encoder (``refresh_keys``), so the index
   holds the geometry it would hold in use. Built once and cached under ``experiments/cache``.
+* The teacher (``--teacher``, a ``retrikt train-teacher`` folder) runs as ``load_teacher``
+  loads it: bf16 on CPUs with AVX512-BF16/AMX, and float32 as on CPUs without
+  (``RETRIKT_FP32=1``).
 * The 2 CPU cores are shared with other work, so every phase records how many cores other
   processes kept busy meanwhile (from ``/proc``); the report flags contaminated phases.
 
     python experiments/bench_latency.py --task cb --data-dir ../shared/data \\
-        --out experiments/results/latency
+        --teacher ../main/runs/teachers/cb-lora --threads 1,2 --out experiments/results/latency
 """
 
 from __future__ import annotations
@@ -164,8 +168,9 @@ def synthetic_entries(task, pool: list[str], n: int, seed: int) -> list:
     return entries
 
 
-def build_models(args: argparse.Namespace, encoder: str) -> tuple[Path, Path]:
-    """The cached student folders: without retrieval, and the same weights with a store."""
+def build_models(args: argparse.Namespace, encoder: str) -> dict[tuple[str, bool], Path]:
+    """The cached student folders by (runtime, retrieval): PyTorch without retrieval, the same
+    weights with a store, and both exported to ONNX float32 and int8."""
     import torch
 
     from retrikt.store import KnowledgeStore
@@ -200,7 +205,23 @@ def build_models(args: argparse.Namespace, encoder: str) -> tuple[Path, Path]:
         logger.info("embedding %d store keys with the student's encoder", len(entries))
         model.refresh_keys(batch_size=128)
         model.save_pretrained(retrieval)
-    return plain, retrieval
+    folders = {("pytorch", False): plain, ("pytorch", True): retrieval}
+    for runtime in ("onnx", "int8"):
+        folders[runtime, False] = exported(plain, runtime)
+        folders[runtime, True] = exported(retrieval, runtime)
+    return folders
+
+
+def exported(folder: Path, runtime: str) -> Path:
+    """``folder`` exported by ``retrikt export`` (float32 for "onnx", or int8); cached."""
+    from retrikt.cli import main as retrikt
+
+    out = folder.parent / f"{folder.name}-{runtime}"
+    if not (out / "model.onnx").is_file():
+        extra = ["--quantize", "int8"] if runtime == "int8" else []
+        if retrikt(["export", "--model", str(folder), "--out", str(out), *extra]):
+            raise SystemExit(f"retrikt export failed for {folder}")
+    return out
 
 
 # ----------------------------------------------------------------- timing
@@ -262,59 +283,36 @@ def with_hnsw(model) -> None:
     model.store._index = VectorIndex.build(choose_index("hnsw", len(keys), keys.shape[1]), keys)
 
 
-def in_bf16(predict: Callable[..., Any]) -> Callable[..., Any]:
-    """A what-if: ``predict`` under bfloat16 autocast, as the LLM runs on CPUs that have it."""
+RUNTIMES = {"pytorch": "PyTorch fp32", "onnx": "ONNX fp32", "int8": "ONNX int8"}
+
+
+def bench_students(args, folders: dict[tuple[str, bool], Path], items: list) -> dict[str, Any]:
+    """Every runtime with and without retrieval, batch 1 and batch 32, interleaved."""
     import torch
 
-    def run(*args: Any, **kwargs: Any) -> Any:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return predict(*args, **kwargs)
-
-    return run
-
-
-def bench_students(args, plain_dir: Path, retrieval_dir: Path, items: list) -> dict[str, Any]:
-    import torch
-
-    from retrikt.generator.lm import bf16_supported
     from retrikt.student import RetriKT
 
-    plain = RetriKT.from_pretrained(plain_dir)
-    retrikt_model = RetriKT.from_pretrained(retrieval_dir)
-    hnsw_model = RetriKT.from_pretrained(retrieval_dir)
-    with_hnsw(hnsw_model)
-    assert plain.store is None and retrikt_model.store is not None
-    runners = {
-        "student": plain.predict,
-        "retrikt": retrikt_model.predict,
-        "retrikt_hnsw": hnsw_model.predict,
+    models = {
+        f"{runtime}{'+store' if store else ''}": RetriKT.from_pretrained(folder)
+        for (runtime, store), folder in folders.items()
     }
-    if bf16_supported():
-        runners["retrikt_bf16"] = in_bf16(retrikt_model.predict)
+    hnsw = RetriKT.from_pretrained(folders["int8", True])
+    with_hnsw(hnsw)
+    models["int8+store-hnsw"] = hnsw
+    retrieval = models["pytorch+store"]
     out: dict[str, Any] = {
         "torch_threads": torch.get_num_threads(),
         "store": {
-            "entries": len(retrikt_model.store),
-            "index": retrikt_model.store.index_config.to_dict(),
-            "k": retrikt_model.config.retrieval.k,
+            "entries": len(retrieval.store),
+            "index": retrieval.store.index_config.to_dict(),
+            "k": retrieval.config.retrieval.k,
         },
     }
+    runners = {name: model.predict for name, model in models.items()}
     with CpuMonitor() as monitor:
         single = interleaved(runners, cycle(items, args.requests, 1))
     out["batch1"] = {name: percentiles(t) for name, t in single.items()}
     out["batch1"]["cpu"] = monitor.result
-    # The search alone, on the same inputs' real query vectors.
-    queries = retrikt_model.embed_inputs(
-        [retrikt_model.task.encoder_inputs(retrikt_model.task.parse_input(x))[0] for x in items]
-    )
-    k = retrikt_model.config.retrieval.k
-    picks = queries[np.arange(args.requests) % len(queries)]
-    for name, model in (("exact", retrikt_model), ("hnsw", hnsw_model)):
-        times = [timed(lambda q=q, m=model: m.search(q[None, :], k)) for q in picks]
-        out["batch1"][f"{name}_search_only"] = percentiles(times)
-    exact, approx = retrikt_model.search(queries, k)[1], hnsw_model.search(queries, k)[1]
-    recall = np.mean([len(set(a) & set(e)) / k for a, e in zip(approx, exact, strict=True)])
-    out["batch1"]["hnsw_search_only"]["recall_at_k"] = round(float(recall), 3)
     with CpuMonitor() as monitor:
         batched = interleaved(
             {n: (lambda b, f=f: f(b, batch_size=32)) for n, f in runners.items()},
@@ -326,217 +324,185 @@ def bench_students(args, plain_dir: Path, retrieval_dir: Path, items: list) -> d
     return out
 
 
-class LLMClassifier:
-    """The generator classifying examples at its fastest reasonable: one forward pass each.
+def bench_teacher(args, examples: list, dtype: str) -> dict[str, Any]:
+    """The tuned teacher labelling the same inputs: ``label_probs`` (tokenizer included).
 
-    It asks the teacher's question (``teacher_prompt``) and reads the label words' next-token
-    logits like ``LLMTeacher``, but pads on the left and asks the model for the last
-    position's logits only, instead of a 49k-word distribution at every token: the LLM gets
-    its best shot. ``reference`` is the library's own path, to check against before timing.
+    ``dtype`` "float32" loads it as on a CPU without AVX512-BF16/AMX (``RETRIKT_FP32``).
     """
+    from retrikt.tasks import get_task
+    from retrikt.teachers.loading import load_teacher
 
-    def __init__(self, generator: str, task_name: str):
-        from retrikt.generator.lm import compute_dtype, load_base
-        from retrikt.generator.teacher import verbalizer_ids
-        from retrikt.tasks import get_task
-
-        self.task = get_task(task_name)
-        self.model, self.tokenizer = load_base(generator)
-        self.ids = verbalizer_ids(self.task, self.tokenizer)
-        self.dtype = str(compute_dtype())
-
-    def __call__(self, examples: list) -> np.ndarray:
-        import torch
-
-        from retrikt.generator.teacher import teacher_prompt
-
-        prompts = [teacher_prompt(self.task, ex, self.tokenizer) for ex in examples]
-        batch = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
-        positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-        with torch.inference_mode():
-            logits = self.model(**batch, position_ids=positions, logits_to_keep=1).logits
-        return logits[:, -1, self.ids].float().softmax(-1).numpy()
-
-    def reference(self, examples: list) -> np.ndarray:
-        import torch
-
-        from retrikt.generator.teacher import verbalizer_logits
-
-        with torch.inference_mode():
-            logits = verbalizer_logits(self.model, self.tokenizer, self.task, examples, self.ids)
-        return logits.softmax(-1).numpy()
-
-
-def bench_llm(args, examples: list) -> dict[str, Any]:
-    classify = LLMClassifier(args.generator, args.task)
-    # One input at a time there is no padding, so the fast path must match the teacher's
-    # exactly. (Padded batches also match in float32; in bfloat16 they drift by ~0.03.)
-    check = examples[:4]
-    gap = max(float(np.abs(classify([ex]) - classify.reference([ex])).max()) for ex in check)
-    if gap > 1e-3:
-        raise SystemExit(f"the fast LLM classifier differs from the teacher's path by {gap:.4f}")
-    out: dict[str, Any] = {
-        "generator": args.generator,
-        "dtype": classify.dtype,
-        "check": f"matches the teacher's verbalizer_logits within {gap:.1e} on {len(check)} inputs",
-    }
-    single = cycle(examples, args.llm_requests, 1)
+    if dtype == "float32":
+        os.environ["RETRIKT_FP32"] = "1"
+    try:
+        teacher = load_teacher(args.teacher, batch_size=32)
+    finally:
+        os.environ.pop("RETRIKT_FP32", None)
+    task = get_task(args.task)
+    out: dict[str, Any] = {"id": teacher.id, "dtype": str(teacher.model.dtype)}
+    single = cycle(examples, args.teacher_requests, 1)
     for batch in single[:2]:
-        classify(batch)
+        teacher.label_probs(task, batch)
     with CpuMonitor() as monitor:
-        times = [timed(lambda b=b: classify(b)) for b in single]
+        times = [timed(lambda b=b: teacher.label_probs(task, b)) for b in single]
     out["batch1"] = {**percentiles(times), "cpu": monitor.result}
-    task = classify.task
-
-    def in_batches(job: list) -> None:
-        # Batches of similar lengths, as RetriKT.predict and LLMTeacher batch theirs.
-        job = sorted(job, key=lambda ex: len(task.render(ex)))
-        for start in range(0, len(job), 32):
-            classify(job[start : start + 32])
-
+    passes = cycle(examples, args.teacher_passes, args.teacher_pass_size)
     with CpuMonitor() as monitor:
-        times = [timed(lambda j=j: in_batches(j)) for j in cycle(examples, 1, args.pass_size)]
-    out["batch32"] = {**percentiles(times, args.pass_size), "cpu": monitor.result}
-    # Batching need not help an LLM on CPU (each prompt is already ~150 tokens of work, and
-    # batches add padding): compare throughput against its better way of running.
-    for clock in ("inputs_per_s", "cpu_inputs_per_s"):
-        out[f"best_{clock}"] = max(out["batch1"][clock], out["batch32"][clock])
-    better = out["batch32"]["inputs_per_s"] >= out["batch1"]["inputs_per_s"]
-    out["best_mode"] = "batch 32" if better else "batch 1"
+        times = [timed(lambda p=p: teacher.label_probs(task, p)) for p in passes]
+    out["batch32"] = {**percentiles(times, args.teacher_pass_size), "cpu": monitor.result}
+    # Batching need not help an LLM on CPU (padding): judge against its better way.
+    out["best_inputs_per_s"] = max(out["batch1"]["inputs_per_s"], out["batch32"]["inputs_per_s"])
     return out
 
 
 # ----------------------------------------------------------------- report
-def verdicts(s: dict[str, Any], llm: dict[str, Any], cpu: bool = False) -> dict[str, Any]:
-    """The two speed targets for one encoder's student against the LLM, by one clock."""
+def verdicts(s: dict[str, Any], teacher: dict[str, Any], runtime: str) -> dict[str, Any]:
+    """Retrieval overhead and the speed-up over the teacher, for one runtime (wall clock)."""
     b1, b32 = s["batch1"], s["batch32"]
-    ms, rate = ("cpu_p50_ms", "cpu_inputs_per_s") if cpu else ("p50_ms", "inputs_per_s")
-    overhead1 = b1["retrikt"][ms] / b1["student"][ms] - 1
-    overhead32 = b32["student"][rate] / b32["retrikt"][rate] - 1
-    speedup1 = llm["batch1"][ms] / b1["retrikt"][ms]
-    speedup32 = b32["retrikt"][rate] / llm[f"best_{rate}"]
+    plain, store = runtime, f"{runtime}+store"
+    overhead1 = b1[store]["p50_ms"] / b1[plain]["p50_ms"] - 1
+    overhead32 = b32[plain]["inputs_per_s"] / b32[store]["inputs_per_s"] - 1
     return {
         "retrieval_overhead_batch1": round(overhead1, 3),
         "retrieval_overhead_batch32": round(overhead32, 3),
-        "retrieval_overhead_ok": max(overhead1, overhead32) <= 0.15,
-        "speedup_vs_llm_batch1": round(speedup1, 1),
-        "speedup_vs_llm_batch32": round(speedup32, 1),
-        "speedup_ok": min(speedup1, speedup32) >= 30,
+        "speedup_batch1": round(teacher["batch1"]["p50_ms"] / b1[store]["p50_ms"], 1),
+        "speedup_batch32": round(b32[store]["inputs_per_s"] / teacher["best_inputs_per_s"], 1),
     }
 
 
-def render(r: dict[str, Any]) -> str:
-    llm, students = r["llm"], r["students"]
-    first = next(iter(students.values()))
-    store = first["store"]
+def cpu_description() -> dict[str, Any]:
+    """The CPU model and the instruction sets that decide bf16 and int8 speed."""
+    text = Path("/proc/cpuinfo").read_text()
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                  if line.startswith("model name")), "unknown")  # fmt: skip
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines()
+                      if line.startswith("flags")), []))  # fmt: skip
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    return {"model": model, "flags": [f for f in wanted if f in flags],
+            "bf16": "avx512_bf16" in flags or "amx_bf16" in flags}  # fmt: skip
 
-    def cpu(c: dict) -> str:
-        free = (os.cpu_count() or 1) - c["cores_others"]
-        flag = " **contaminated**" if free < r["threads"] - CONTAMINATION_SLACK else ""
+
+def render(r: dict[str, Any]) -> str:
+    cpu = r["cpu"]
+    first = next(iter(r["runs"].values()))
+    store = first["students"]["store"]
+    nl = "\n"
+
+    def contaminated(c: dict, threads: int) -> bool:
+        return (os.cpu_count() or 1) - c["cores_others"] < threads - CONTAMINATION_SLACK
+
+    def load(c: dict, threads: int) -> str:
+        flag = " **contaminated**" if contaminated(c, threads) else ""
         return f"{c['cores_others']} cores busy with other work, load {c['loadavg_1m']}{flag}"
 
-    def ok(flag: bool) -> str:
-        return "met" if flag else "**missed**"
-
     def row(name: str, b1: dict, b32: dict) -> str:
-        return (
-            f"| {name} | {b1['p50_ms']} | {b1['p95_ms']} | {b1['cpu_p50_ms']} | "
-            f"{b32['inputs_per_s']} | {b32['cpu_inputs_per_s']} |"
+        return (f"| {name} | {b1['p50_ms']} | {b1['p95_ms']} | {b1['cpu_p50_ms']} | "
+                f"{b32['inputs_per_s']} | {b32['cpu_inputs_per_s']} |")  # fmt: skip
+
+    sections, targets, loads = [], [], []
+    size = f"{store['entries'] // 1000}k" if store["entries"] >= 1000 else str(store["entries"])
+    for key, run in r["runs"].items():
+        threads, s, rows = int(key), run["students"], []
+        for runtime, label in RUNTIMES.items():
+            for suffix, what in (("", "student alone"), ("+store", f"RetriKT, {size} store")):
+                name = runtime + suffix
+                rows.append(row(f"{what} ({label})", s["batch1"][name], s["batch32"][name]))
+        rows.append(row("RetriKT (ONNX int8), HNSW index: what-if", s["batch1"]["int8+store-hnsw"],
+                        s["batch32"]["int8+store-hnsw"]))  # fmt: skip
+        for dtype, t in run["teachers"].items():
+            rows.append(row(f"teacher, {dtype} ({t['dtype']})", t["batch1"], t["batch32"]))
+        phases = [s["batch1"]["cpu"], s["batch32"]["cpu"]] + [
+            t[b]["cpu"] for t in run["teachers"].values() for b in ("batch1", "batch32")
+        ]
+        warning = (
+            "**Every phase below is contaminated**: other jobs left fewer free cores than "
+            f"the {threads} threads, which then time-share what is left; these numbers "
+            "measure that contention, not the models.\n"
+            if all(contaminated(c, threads) for c in phases)
+            else ""
         )
+        sections.append(f"""### {threads} thread(s)
 
-    def target(encoder: str, clock: str, v: dict) -> str:
-        return (
-            f"| {encoder} | {clock} | batch 1: {v['retrieval_overhead_batch1']:+.1%}, batch 32: "
-            f"{v['retrieval_overhead_batch32']:+.1%} | {ok(v['retrieval_overhead_ok'])} | "
-            f"batch 1: {v['speedup_vs_llm_batch1']}x, batch 32: {v['speedup_vs_llm_batch32']}x "
-            f"| {ok(v['speedup_ok'])} |"
-        )
-
-    rows, targets, searches, loads = [], [], [], []
-    for encoder, s in students.items():
-        b1, b32, v = s["batch1"], s["batch32"], s["verdicts"]
-        rows.append(row(f"student alone ({encoder})", b1["student"], b32["student"]))
-        rows.append(row(f"RetriKT ({encoder}, {store['entries']:,} store)", b1["retrikt"],
-                        b32["retrikt"]))  # fmt: skip
-        rows.append(row(f"RetriKT ({encoder}) with an HNSW index: what-if", b1["retrikt_hnsw"],
-                        b32["retrikt_hnsw"]))  # fmt: skip
-        if "retrikt_bf16" in b1:
-            rows.append(row(f"RetriKT ({encoder}) in bf16 autocast: what-if", b1["retrikt_bf16"],
-                            b32["retrikt_bf16"]))  # fmt: skip
-        targets.append(target(encoder, "wall clock", v))
-        targets.append(target(encoder, "CPU time", s["verdicts_cpu"]))
-        flat, hnsw = b1["exact_search_only"], b1["hnsw_search_only"]
-        searches.append(
-            f"| {encoder} | {flat['p50_ms']} / {flat['p95_ms']} | {hnsw['p50_ms']} / "
-            f"{hnsw['p95_ms']} | {hnsw['recall_at_k']} |"
-        )
-        loads.append(f"- {encoder} students, batch 1: {cpu(b1['cpu'])}")
-        loads.append(f"- {encoder} students, batch 32: {cpu(b32['cpu'])}")
-    rows.append(row(f"LLM {llm['generator']}", llm["batch1"], llm["batch32"]))
-    nl = "\n"
-    return f"""# Latency: student, RetriKT student with a {store["entries"]:,}-entry store, and the LLM
-
-Command: `{r["command"]}`
-
-Task {r["task"]}; inputs are its {r["inputs"]} real validation examples, cycled. For each
-encoder, the student alone and RetriKT share one encoder and head (head untrained: latency
-does not depend on the weights) and are timed through `RetriKT.predict` (checks, tokenizer,
-encoder; RetriKT adds the store search, the combination rule and the explained neighbours),
-alternating call by call. RetriKT retrieves k={store["k"]} from {store["entries"]:,} entries
-with the index the student's store gets by default, `{store["index"]["factory"]}`
-({store["index"]["kind"]}: certified exact). The store's texts are synthetic: pairs of real
-GLUE/SuperGLUE sentences with random teacher distributions; its keys are real embeddings by
-each student's own encoder. The LLM is `{llm["generator"]}` ({llm["dtype"]}) scoring the label
-words after the teacher's chat prompt, one forward pass per input, left-padded and computing
-only the last position's logits (its fastest reasonable form; {llm["check"]}).
-torch threads: {r["threads"]}; 2 CPU cores shared with other engineers' jobs.
-
+{warning}
 | model | batch 1 p50 ms | batch 1 p95 ms | batch 1 CPU ms p50 | batch 32 inputs/s | batch 32 inputs per CPU-s |
 |---|---|---|---|---|---|
 {nl.join(rows)}
+""")  # noqa: E501
+        for dtype, verdict in run["verdicts"].items():
+            for runtime, v in verdict.items():
+                met = v["speedup_batch32"] >= 30
+                one, many = v["retrieval_overhead_batch1"], v["retrieval_overhead_batch32"]
+                ok = max(one, many) <= 0.15
+                overhead = f"{one:+.1%} / {many:+.1%}"
+                label = f"{threads} (contaminated)" if warning else str(threads)
+                targets.append(
+                    f"| {label} | {RUNTIMES[runtime]} | {dtype} | {overhead}"
+                    f" | {'met' if ok else '**missed**'} | {v['speedup_batch1']}x | "
+                    f"{v['speedup_batch32']}x | {'met' if met else '**missed**'} |"
+                )
+        loads.append(
+            f"- {threads} thread(s), students batch 1: {load(s['batch1']['cpu'], threads)}"
+        )
+        loads.append(
+            f"- {threads} thread(s), students batch 32: {load(s['batch32']['cpu'], threads)}"
+        )
+        for dtype, t in run["teachers"].items():
+            loads.append(f"- {threads} thread(s), teacher {dtype}: batch 1 "
+                         f"{load(t['batch1']['cpu'], threads)}; batch 32 "
+                         f"{load(t['batch32']['cpu'], threads)}")  # fmt: skip
+    teacher = next(iter(first["teachers"].values()))
+    return f"""# Latency: the RetriKT student (PyTorch, ONNX fp32, ONNX int8) against the teacher it replaces
 
-The "what-if" rows are the same RetriKT student changed in one way that `RetriKT` does not
-offer today: its store searched through the store's HNSW index (`HNSW32`, efSearch 64; the
-index swapped in memory) instead of the exact default, or its forward pass run under
-`torch.autocast(bfloat16)`, as the LLM above already runs on this CPU
-(`retrikt.generator.lm.compute_dtype`) while the student runs in float32. Targets below are
-judged on the student as shipped.
+Command: `{r["command"]}`
 
-Batch 1: {first["batch1"]["student"]["n"]} calls per student, {llm["batch1"]["n"]} for the LLM. Throughput:
-passes of {r["pass_size"]} inputs (the validation set, cycled) in batches of 32 of similar
-lengths (`RetriKT.predict(items, batch_size=32)` sorts by length itself; the LLM's batches are
-sorted the same way), {first["batch32"]["student"]["n"]} passes per student, {llm["batch32"]["n"]} for the LLM.
+CPU: {cpu["model"]}, {os.cpu_count()} cores; flags {", ".join(cpu["flags"])}:
+bf16 **{"available" if cpu["bf16"] else "not available"}** (AVX512-BF16/AMX). Machine: 2 cores
+shared with other engineers' jobs; load before the run: {r["machine_before"]["summary"]}.
 
-## Targets
+Task {r["task"]}; inputs are its {r["inputs"]} real validation examples, cycled. Everything
+is timed through what a user calls, tokenisation included: the students through
+`RetriKT.predict` (checks, tokenizer, encoder; with a store also the search, the mixing
+rule and the explained neighbours), the teacher through `label_probs`. The student is
+`minilm-l6` with an untrained head (latency does not depend on the weights), alone and with
+a store of {store["entries"]:,} entries (k={store["k"]}, the default index `{store["index"]["factory"]}`,
+certified exact; synthetic pairs of real GLUE/SuperGLUE sentences, keys embedded by the
+student), in three runtimes: the PyTorch folder, and `retrikt export` of it in ONNX float32
+and int8. The seven student variants are timed call by call in alternation, so a change in
+machine load hits all alike. The "HNSW" row is a what-if: the int8 student's store searched
+through an HNSW index swapped in memory (`RetriKT` does not offer it today).
 
-Speed-up at batch 1 compares p50 latencies; at batch 32 it compares RetriKT's inputs/s with
-the LLM's best throughput, {llm["best_inputs_per_s"]} inputs/s ({llm["best_mode"]}: one input
-after another, {llm["batch1"]["inputs_per_s"]}/s, vs batches of 32,
-{llm["batch32"]["inputs_per_s"]}/s). Each is judged by the wall clock (what a user waits) and by
-CPU time (the work, immune to waiting for a core another job holds: with one thread, the
-wall time an idle machine would show).
+The teacher is the tuned LLM the student replaces: `{teacher["id"]}` (SmolLM2-135M with a
+LoRA merged into it and a classification head, loaded by `load_teacher`), in bf16 as
+`load_teacher` runs it on this CPU and in float32 (`RETRIKT_FP32=1`, how it runs on CPUs
+without AVX512-BF16/AMX); max {r["teacher_max_length"]} tokens, batches of 32.
 
-| encoder | clock | retrieval adds <= 15% to the student's time | | RetriKT >= 30x faster than the LLM | |
-|---|---|---|---|---|---|
+Batch 1: {first["students"]["batch1"]["pytorch"]["n"]} calls per student variant,
+{teacher["batch1"]["n"]} for the teacher. Batch 32: passes of {r["pass_size"]} inputs in
+batches of 32 ({first["students"]["batch32"]["pytorch"]["n"]} pass(es) per student variant;
+the teacher: {teacher["batch32"]["n"]} pass(es) of {r["teacher_pass_size"]}).
+CPU ms: the process's CPU time per call (with one thread, the wall time an idle core would
+show; with two it adds both threads' work).
+
+{nl.join(sections)}
+## Targets (wall clock)
+
+Retrieval overhead: RetriKT against the same runtime without a store (batch 1: p50 latency;
+batch 32: throughput); target <= 15%. Speed-up: the teacher's p50 latency over RetriKT's at
+batch 1, and RetriKT's throughput at batch 32 over the teacher's best throughput (batch 1
+or 32, whichever is faster); target >= 30x at batch 32 for the int8 student.
+
+| threads | student | teacher | retrieval adds (batch 1 / 32) | <= 15% | speed-up batch 1 | speed-up batch 32 | >= 30x |
+|---|---|---|---|---|---|---|---|
 {nl.join(targets)}
-
-## The store search alone (batch 1, real query vectors)
-
-| encoder | exact (default) p50 / p95 ms | HNSW p50 / p95 ms | HNSW recall@{store["k"]} |
-|---|---|---|---|
-{nl.join(searches)}
 
 ## Machine load during each phase
 
-- before: {r["machine_before"]["summary"]}
 {nl.join(loads)}
-- LLM, batch 1: {cpu(llm["batch1"]["cpu"])}
-- LLM, batch 32: {cpu(llm["batch32"]["cpu"])}
 
-A phase is marked contaminated when other processes left fewer free cores than the
-{r["threads"]} thread(s) the models use (with {CONTAMINATION_SLACK} of slack, averaged over
-the phase); the student/RetriKT comparison is interleaved and stays fair, but absolute times
-and the LLM ratio are then pessimistic or noisy.
+A phase is marked contaminated when other processes left fewer free cores than the threads
+the models use (with {CONTAMINATION_SLACK} of slack, averaged over the phase); the student
+variants are interleaved and stay comparable, but absolute times and the teacher ratio are
+then noisy.
 """  # noqa: E501
 
 
@@ -544,65 +510,66 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="cb")
     parser.add_argument("--data-dir", default=os.environ.get("RETRIKT_DATA", "../shared/data"))
-    parser.add_argument(
-        "--encoders",
-        nargs="+",
-        default=["minilm-l6", "minilm-l3"],
-        help="student encoders to time (default: the default student and the smallest preset)",
-    )
-    parser.add_argument("--threads", type=int, help="torch and faiss threads (default: torch's)")
-    parser.add_argument("--generator", default="smollm2-135m")
+    parser.add_argument("--encoder", default="minilm-l6", help="the student's encoder preset")
+    parser.add_argument("--teacher", default="runs/teachers/cb-lora",
+                        help="the tuned teacher folder (retrikt train-teacher)")  # fmt: skip
+    parser.add_argument("--teacher-dtypes", default="bf16,float32",
+                        help="bf16 (where the CPU has it) and/or float32")  # fmt: skip
+    parser.add_argument("--threads", default="1,2", help="torch/onnxruntime/faiss threads")
     parser.add_argument("--store-size", type=int, default=50_000)
     parser.add_argument("--k", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=300, help="batch-1 calls per student")
-    parser.add_argument(
-        "--pass-size", type=int, default=128, help="inputs per throughput pass (batches of 32)"
-    )
-    parser.add_argument("--passes", type=int, default=5, help="throughput passes per student")
-    parser.add_argument("--llm-requests", type=int, default=56)
+    parser.add_argument("--requests", type=int, default=150, help="batch-1 calls per student")
+    parser.add_argument("--pass-size", type=int, default=128, help="inputs per throughput pass")
+    parser.add_argument("--passes", type=int, default=3, help="throughput passes per student")
+    parser.add_argument("--teacher-requests", type=int, default=30)
+    parser.add_argument("--teacher-pass-size", type=int, default=64)
+    parser.add_argument("--teacher-passes", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write OUT.json and OUT.md")
-    parser.add_argument(
-        "--prepare-only",
-        action="store_true",
-        help="build the cached models and store, time nothing",
-    )
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="build the cached models, store and exports only")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+    from retrikt.generator.lm import bf16_supported
     from retrikt.tasks import get_task
 
     task = get_task(args.task)
     examples = task.read("validation", args.data_dir)
     items = [{f: ex[f] for f in task.fields} for ex in examples]
-    folders = {encoder: build_models(args, encoder) for encoder in args.encoders}
+    folders = build_models(args, args.encoder)
     if args.prepare_only:
         return
-    if args.threads:
-        import faiss
-        import torch
+    import faiss
+    import torch
 
-        torch.set_num_threads(args.threads)
-        faiss.omp_set_num_threads(args.threads)
+    dtypes = [d for d in args.teacher_dtypes.split(",") if d != "bf16" or bf16_supported()]
     before = machine_context()
-    llm = bench_llm(args, examples)
-    students = {}
-    for encoder, (plain_dir, retrieval_dir) in folders.items():
-        students[encoder] = bench_students(args, plain_dir, retrieval_dir, items)
-        students[encoder]["verdicts"] = verdicts(students[encoder], llm)
-        students[encoder]["verdicts_cpu"] = verdicts(students[encoder], llm, cpu=True)
+    runs = {}
+    for threads in (int(t) for t in args.threads.split(",")):
+        torch.set_num_threads(threads)  # onnxruntime sessions take torch's count when loaded
+        faiss.omp_set_num_threads(threads)
+        run: dict[str, Any] = {"students": bench_students(args, folders, items)}
+        run["teachers"] = {dtype: bench_teacher(args, examples, dtype) for dtype in dtypes}
+        run["verdicts"] = {
+            dtype: {rt: verdicts(run["students"], t, rt) for rt in RUNTIMES}
+            for dtype, t in run["teachers"].items()
+        }
+        runs[threads] = run
+        logger.info("%d thread(s): %s", threads, json.dumps(run["verdicts"]))
+    meta = json.loads((Path(args.teacher) / "teacher_config.json").read_text())
     report = {
         "command": " ".join(["python", *sys.argv]),
         "task": task.name,
         "inputs": len(items),
-        "threads": students[args.encoders[0]]["torch_threads"],
+        "cpu": cpu_description(),
         "pass_size": args.pass_size,
+        "teacher_pass_size": args.teacher_pass_size,
+        "teacher_max_length": meta["max_length"],
         "machine_before": before,
-        "students": students,
-        "llm": llm,
+        "runs": runs,
     }
-    print(json.dumps({e: [s["verdicts"], s["verdicts_cpu"]] for e, s in students.items()}))
     if args.out:
         Path(f"{args.out}.json").write_text(json.dumps(report, indent=2) + "\n")
         Path(f"{args.out}.md").write_text(render(report))

@@ -16,6 +16,11 @@ queue with an immediate 503 + Retry-After, and answer what it admitted, not stal
 
     python experiments/load_test.py --model DIR --data-dir ../shared/data --bad-fraction 0.1 \\
         --burst 16 --out experiments/results/load_test
+
+Request batching was compared with ``--requests 1000 --clients 8`` against a server of the
+main branch before it (``--url``), and this one with ``--batch-wait-ms 0`` and ``2``, each with
+the PyTorch and the int8 student (``experiments/results/load_test-batching-*``); the server
+reports how many inputs each model call batched (``GET /metrics``, kept in the results).
 """
 
 from __future__ import annotations
@@ -48,11 +53,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model: str, max_batch: int) -> tuple[subprocess.Popen, str]:
+def start_server(
+    model: str, max_batch: int, batch_wait_ms: float | None
+) -> tuple[subprocess.Popen, str]:
     """``retrikt serve`` in a child process, returned once /health answers."""
     port = free_port()
     command = [sys.executable, "-m", "retrikt", "serve", "--model", model, "--port", str(port),
                "--max-batch", str(max_batch), "--no-access-log"]  # fmt: skip
+    if batch_wait_ms is not None:
+        command += ["--batch-wait-ms", str(batch_wait_ms)]
     print("starting:", " ".join(["retrikt", *command[3:]]), flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(command, cwd=REPO, env=env)
@@ -210,6 +219,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="inputs per request")
     parser.add_argument("--bad-fraction", type=float, default=0.0)
     parser.add_argument("--burst", type=int, default=0, help="maximum-size requests at once")
+    parser.add_argument(
+        "--batch-wait-ms", type=float, help="passed to the server it starts (default: serve's)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write OUT.json and OUT.md")
     args = parser.parse_args()
@@ -223,7 +235,7 @@ def main() -> None:
     if args.url:
         url = args.url
     else:
-        proc, url = start_server(args.model, max(64, args.batch))
+        proc, url = start_server(args.model, max(64, args.batch), args.batch_wait_ms)
     try:
         before = machine_context()
         asyncio.run(hammer(url, bodies[: 2 * args.clients], args.clients))  # warm-up, not counted
@@ -239,6 +251,8 @@ def main() -> None:
                                                  info["limits"]))  # fmt: skip
             burst_result["machine"] = burst_monitor.result
         health = httpx.get(f"{url}/health", timeout=10).status_code
+        metrics = httpx.get(f"{url}/metrics", timeout=10)  # servers before batching: 404
+        batching = metrics.json() if metrics.status_code == 200 else None
     finally:
         if proc is not None:
             proc.terminate()
@@ -254,12 +268,26 @@ def main() -> None:
         **summarise(results, wall),
         "burst": burst_result,
         "health_after": health,
+        "batching": batching,
         "machine": {"before": before, "during": monitor.result, "after": machine_context()},
     }  # fmt: skip
     print(json.dumps(summary, indent=2))
     if args.out:
         Path(f"{args.out}.json").write_text(json.dumps(summary, indent=2) + "\n")
         Path(f"{args.out}.md").write_text(render(summary))
+
+
+def batching(metrics: dict | None, limits: dict) -> str:
+    """What ``GET /metrics`` said after the run (warm-up included), if the server has it."""
+    if metrics is None:
+        return "\nThe server has no `/metrics` (it predates request batching).\n"
+    return (
+        f"\nBatching (`GET /metrics` after the run, warm-up included, `--batch-wait-ms` "
+        f"{limits.get('batch_wait_ms')}): {metrics['requests']} requests answered by "
+        f"{metrics['model_calls']} model calls, {metrics['mean_batch']} inputs per call on "
+        f"average, at most {metrics['largest_batch']}; calls by inputs batched: "
+        f"{metrics['batch_sizes']}.\n"
+    )
 
 
 def render(s: dict) -> str:
@@ -275,7 +303,8 @@ Model: `{s["server"]["model"]}` (the `experiments/cache/bench-*` folders are bui
 `python experiments/bench_latency.py --prepare-only`: an untrained head on the encoder, and a
 store of synthetic entries with real embeddings).
 
-Server: `retrikt serve` started by the script on localhost (`--max-batch 64 --no-access-log`,
+Server: `retrikt serve` on localhost, started by the script or, with `--url`, by hand with
+the same flags (`--max-batch 64 --no-access-log`,
 default torch threads and the default limits: at most {lim["max_queue"]} inputs queued,
 {lim["timeout"]:g} s per request, {lim["body_timeout"]:g} s per body), task
 {s["server"]["task"]}, encoder {s["server"]["encoder"]}, retrieval {s["server"]["retrieval"]}
@@ -291,7 +320,7 @@ inputs made invalid on purpose) with one prediction per input.
 | {s["requests"]} | {s["clients"]} | {s["batch"]} | {s["rejected_as_expected"]} (got 422) | {s["failures"]} | {s["requests_per_second"]} | {lat["p50"]} | {lat["p90"]} | {lat["p99"]} | {lat["max"]} |
 
 HTTP statuses: {s["statuses"]}; `/health` after the run: {s["health_after"]}.
-
+{batching(s.get("batching"), s["limits"])}
 Machine load: before, {m["before"]["summary"]}; during the run the server and clients used
 {m["during"]["cores_ours"]} cores and other work {m["during"]["cores_others"]} cores (load
 average {m["during"]["loadavg_1m"]}); after, {m["after"]["summary"]}.

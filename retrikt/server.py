@@ -1,8 +1,9 @@
 """HTTP API for a trained RetriKT student (FastAPI), run by ``retrikt serve``.
 
-Endpoints: ``POST /predict`` (a batch of inputs), ``GET /health``, ``GET /info`` and the
-OpenAPI docs at ``/docs`` (Swagger UI served from the packaged ``swagger-ui-bundle-v2``
-assets, so it works offline). The OpenAPI schema states the served task's real input
+Endpoints: ``POST /predict`` (a batch of inputs), ``GET /health``, ``GET /info``,
+``GET /metrics`` (how many inputs each model call batched) and the OpenAPI docs at
+``/docs`` (Swagger UI served from the packaged ``swagger-ui-bundle-v2`` assets, so it works
+offline). The OpenAPI schema states the served task's real input
 contract (fields, lengths, batch size), and every input is checked with
 ``Task.parse_input`` before the model runs, so a bad request gets a 4xx JSON error naming
 the input index and field, and never reaches (or breaks) the model. Every error, including
@@ -17,8 +18,10 @@ ahead of it.
 
 Inference is CPU-bound and the model is shared: one worker task runs it in a thread, one
 call at a time, on every request waiting at that moment batched together (see ``_Service``).
-The event loop stays free to answer ``/health``, to reject bad requests and to shed load
-while it runs.
+When a request finds the worker idle, the worker first gives others ``batch_wait_ms`` to
+arrive, so requests sent together share one model call (under load they pile up while the
+model runs and are batched without waiting). The event loop stays free to answer
+``/health``, to reject bad requests and to shed load while it runs.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ class Limits:
     max_queue: int = 256  # inputs waiting for the model, all requests together (503 above)
     timeout: float = 30.0  # seconds from being queued to being answered (503 after)
     body_timeout: float = 10.0  # seconds to receive a request body (408 after)
+    batch_wait_ms: float = 2.0  # how long a model call waits for more requests to batch
 
     def check(self) -> None:
         """Refuse limits the server cannot honour, naming the command-line options."""
@@ -99,6 +103,10 @@ class Limits:
         for option, value in (("--timeout", self.timeout), ("--body-timeout", self.body_timeout)):
             if not (math.isfinite(value) and value > 0):
                 raise RetriktError(f"{option} must be a positive number of seconds, got {value}")
+        if not 0 <= self.batch_wait_ms <= 1000:
+            raise RetriktError(
+                f"--batch-wait-ms must be between 0 and 1000 milliseconds, got {self.batch_wait_ms}"
+            )
 
     @property
     def max_body(self) -> int:
@@ -235,10 +243,11 @@ class _Service:
     """The loaded model, its limits, the bounded queue and the one worker that runs it.
 
     Requests are admitted while the inputs waiting plus their own fit in ``max_queue``;
-    the worker takes every request waiting when it is free (up to ``max_batch`` inputs
-    together), runs them as one batch in a thread, and hands each request its share. The
-    model thus runs one call at a time (safe, and no oversubscribed cores), and under
-    concurrent load one forward pass serves many requests.
+    the worker, when a request finds it idle, waits up to ``batch_wait_ms`` for more, takes
+    every request waiting (up to ``max_batch`` inputs together), runs them as one batch in a
+    thread, and hands each request its share. The model thus runs one call at a time
+    (safe, and no oversubscribed cores), and under concurrent load one forward pass serves
+    many requests. ``batch_sizes`` counts model calls by inputs batched (``GET /metrics``).
     """
 
     def __init__(self, model: RetriKT, limits: Limits):
@@ -246,7 +255,10 @@ class _Service:
         self.queue: collections.deque[_Job] = collections.deque()
         self.waiting = 0  # inputs in the queue
         self.ready = asyncio.Event()  # set while the queue is not empty
+        self.full = asyncio.Event()  # set while max_batch inputs or more are waiting
         self.seconds_per_batch = 1.0  # moving average, for Retry-After
+        self.batch_sizes: collections.Counter[int] = collections.Counter()
+        self.requests = 0  # answered by the model
 
     def validate(self, inputs: list[Any]) -> list[dict[str, Any]]:
         """Parse every input, reporting all bad ones at once so a client can fix them together."""
@@ -289,6 +301,8 @@ class _Service:
         self.queue.append(job)
         self.waiting += len(examples)
         self.ready.set()
+        if self.waiting >= limits.max_batch:
+            self.full.set()
         try:
             predictions = await asyncio.wait_for(job.future, limits.timeout)
         except TimeoutError:  # the future is cancelled: the worker skips it
@@ -312,12 +326,27 @@ class _Service:
                 size += len(job.examples)
         if not self.queue:
             self.ready.clear()
+        if self.waiting < self.limits.max_batch:
+            self.full.clear()
         return jobs
+
+    async def gather(self) -> None:
+        """Give requests ``batch_wait_ms`` to join the first one, unless a batch is full.
+
+        Only an idle worker waits: under load, requests pile up while the model runs and are
+        batched anyway, and a wait would only leave the cores idle (measured: -15% req/s).
+        """
+        wait = self.limits.batch_wait_ms / 1000
+        if wait > 0 and self.waiting < self.limits.max_batch:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.full.wait(), wait)
 
     async def work(self) -> None:
         """Run queued requests in batches, forever (cancelled at shutdown)."""
         while True:
-            await self.ready.wait()
+            if not self.queue:  # idle: a request now may be the first of several sent together
+                await self.ready.wait()
+                await self.gather()
             jobs = self.next_batch()
             if not jobs:
                 continue
@@ -332,6 +361,8 @@ class _Service:
                 continue
             seconds = time.perf_counter() - start
             self.seconds_per_batch = 0.8 * self.seconds_per_batch + 0.2 * seconds
+            self.batch_sizes[len(examples)] += 1
+            self.requests += len(jobs)
             logger.debug("ran %d requests as one batch of %d inputs", len(jobs), len(examples))
             start_row = 0
             for job in jobs:
@@ -343,6 +374,20 @@ class _Service:
         """The model on one batch (in the worker thread), long fields clipped first."""
         clipped = clip_to_encoder(self.model, examples)
         return self.model.predict(clipped, batch_size=self.limits.max_batch)
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters since startup: model calls by the number of inputs they batched."""
+        calls = sum(self.batch_sizes.values())
+        inputs = sum(size * count for size, count in self.batch_sizes.items())
+        return {
+            "requests": self.requests,
+            "model_calls": calls,
+            "inputs": inputs,
+            "mean_batch": round(inputs / calls, 2) if calls else None,
+            "largest_batch": max(self.batch_sizes, default=0),
+            "batch_sizes": {str(size): self.batch_sizes[size] for size in sorted(self.batch_sizes)},
+            "waiting_inputs": self.waiting,
+        }
 
     def info(self) -> dict[str, Any]:
         """What a client may know: ids, digests and limits; never a path on this disk."""
@@ -464,6 +509,7 @@ def create_app(
     max_queue: int | None = None,
     timeout: float = Limits.timeout,
     body_timeout: float = Limits.body_timeout,
+    batch_wait_ms: float = Limits.batch_wait_ms,
 ) -> FastAPI:
     """The FastAPI app serving ``model``: a loaded ``RetriKT`` or a folder loaded at startup.
 
@@ -478,6 +524,7 @@ def create_app(
         4 * max_batch if max_queue is None else max_queue,
         timeout,
         body_timeout,
+        batch_wait_ms,
     )
     limits.check()
 
@@ -606,6 +653,11 @@ def create_app(
     async def info(request: Request) -> dict[str, Any]:
         """Task, labels, store id and digest, model ids, retrieval settings and the limits."""
         return request.app.state.service.info()
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> dict[str, Any]:
+        """Requests answered, model calls and how many inputs each batched, inputs waiting."""
+        return request.app.state.service.metrics()
 
     return app
 

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from store_helpers import labelled_store
 
 from retrikt.cli import main
-from retrikt.errors import ModelFileError
+from retrikt.errors import ModelFileError, RetriktError
 from retrikt.server import create_app
 from retrikt.student import RetriKT
 from retrikt.tasks import TASKS, get_task
@@ -86,6 +86,7 @@ def test_health_and_info_describe_the_served_model(client, student):
         "max_queue": 16,
         "timeout": 30.0,
         "body_timeout": 10.0,
+        "batch_wait_ms": 2.0,
         "max_body_bytes": 85_760,
     }
     assert info["config"]["encoder"] == "minilm-l6:2"
@@ -327,6 +328,50 @@ def test_concurrent_requests_share_batches_one_call_at_a_time(inputs_per_request
         assert len(model.calls) < 8  # ... and waiting requests were served together
     else:
         assert model.calls == [3] * 8  # two requests of 3 would exceed 4: never merged
+
+
+def _concurrently(app, bodies: list[dict]) -> tuple[list[httpx.Response], dict]:
+    """Send ``bodies`` to ``app`` at once; the responses, then ``GET /metrics``."""
+
+    async def burst() -> tuple[list[httpx.Response], dict]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+                responses = await asyncio.gather(*(http.post("/predict", json=b) for b in bodies))
+                return list(responses), (await http.get("/metrics")).json()
+
+    return asyncio.run(burst())
+
+
+def test_requests_sent_together_are_batched_and_answered_individually(student):
+    items = [{"premise": premise, "hypothesis": hypothesis} for premise, hypothesis, _ in MEMORY]
+    alone = [student.predict([item])[0].to_dict() for item in items]
+    # A wait far longer than sending six requests takes: they all join the first one's batch.
+    app = create_app(student, max_batch=16, batch_wait_ms=500)
+    responses, metrics = _concurrently(app, [{"inputs": [item]} for item in items[:6]])
+    for response, expected in zip(responses, alone, strict=False):
+        (got,) = response.json()["predictions"]
+        assert got["label"] == expected["label"]
+        assert got["probs"] == pytest.approx(expected["probs"], abs=1e-5)
+        assert [n["text"] for n in got["neighbours"]] == [n["text"] for n in expected["neighbours"]]
+    assert metrics["requests"] == 6 and metrics["inputs"] == 6
+    assert metrics["largest_batch"] > 1 and metrics["model_calls"] < 6
+
+
+def test_batches_gathered_during_the_wait_respect_max_batch():
+    model = _DoubleStudent()
+    app = create_app(model, max_batch=4, max_queue=16, batch_wait_ms=300)
+    bodies = [{"inputs": [[f"p{i}", "h"], [f"q{i}", "h"]]} for i in range(4)]
+    responses, metrics = _concurrently(app, bodies)
+    for i, response in enumerate(responses):
+        assert [p["label"] for p in response.json()["predictions"]] == [f"p{i}", f"q{i}"]
+    assert metrics["batch_sizes"] == {"4": 2}  # two requests per call, never more than 4
+    assert model.calls == [4, 4]
+
+
+def test_batch_wait_must_be_a_sane_number_of_milliseconds():
+    with pytest.raises(RetriktError, match="--batch-wait-ms"):
+        create_app(_DoubleStudent(), batch_wait_ms=-1)
 
 
 def test_a_folder_is_loaded_at_startup(student_dir):

@@ -21,9 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "label, its probabilities and the neighbours used; GET /health, GET /info (task, "
             "labels, store id and digest, model ids, limits); interactive docs at /docs "
             "(served from packaged assets, so they work offline). Bad inputs get a 4xx JSON "
-            "error naming the input and field. The model is loaded once; requests that arrive "
-            "while it is busy are run together as one batch. Load is shed rather than queued "
-            "without bound: see the limits below."
+            "error naming the input and field; GET /metrics counts the inputs each model call "
+            "batched. The model is loaded once; requests that arrive while it is busy, or "
+            "within --batch-wait-ms of each other, are run together as one batch. Load is shed "
+            "rather than queued without bound: see the limits below."
         ),
     )
     sub.add_argument("--model", required=True, metavar="DIR", help="trained student folder")
@@ -68,6 +69,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="seconds a client has to send its whole request body before HTTP 408 "
         "(default: %(default)s)",
     )
+    sub.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=2.0,
+        metavar="MS",
+        help="when a request finds the model idle, how long it waits for more requests to "
+        "run in the same batch, up to --max-batch inputs (0: at once; under load requests "
+        "are batched without waiting; default: %(default)s)",
+    )
     sub.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
     sub.set_defaults(func=run)
 
@@ -81,7 +91,14 @@ def run(args: argparse.Namespace) -> int:
     from retrikt.student_folder import load_student
 
     max_queue = 4 * args.max_batch if args.max_queue is None else args.max_queue
-    Limits(args.max_batch, args.max_chars, max_queue, args.timeout, args.body_timeout).check()
+    Limits(
+        args.max_batch,
+        args.max_chars,
+        max_queue,
+        args.timeout,
+        args.body_timeout,
+        args.batch_wait_ms,
+    ).check()
     # Load here rather than in the app's startup, so a bad folder is a one-line error
     # before the port is bound, not a traceback from inside uvicorn.
     model = load_student(args.model)
@@ -92,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         max_queue=max_queue,
         timeout=args.timeout,
         body_timeout=args.body_timeout,
+        batch_wait_ms=args.batch_wait_ms,
     )
     logger.info("serving %s on http://%s:%d (docs at /docs)", args.model, args.host, args.port)
     config = uvicorn.Config(

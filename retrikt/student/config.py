@@ -25,7 +25,15 @@ CONFIG_NAME, HEAD_NAME, ENCODER_DIR, STORE_DIR = (
 #: 2: the retrieval temperature is saved as ``log_retrieval_temperature``; the encoder folder
 #: is a sentence-transformers folder (modules.json), read by version 1 loaders as a plain HF one.
 FORMAT_VERSION = 2
-_LIBRARIES = ("retrikt", "torch", "transformers", "sentence-transformers", "faiss-cpu")
+_LIBRARIES = (
+    "retrikt",
+    "torch",
+    "transformers",
+    "sentence-transformers",
+    "faiss-cpu",
+    "onnx",
+    "onnxruntime",
+)
 
 
 def library_versions() -> dict[str, str]:
@@ -137,4 +145,16 @@ class TrainConfig(Config):
     )
     tune_fraction: float = option(
         0.15, "share of the training examples held out by --tune-retrieval", min=0.01, below=1
+    )
+
+
+@dataclass
+class ExportConfig(Config):
+    """What ``retrikt export`` writes: a trained student folder in a runtime for serving."""
+
+    model: str = option(help="the trained (PyTorch) student folder to export")
+    out: str = option(help="the exported student folder to write (a new or empty folder)")
+    format: str = option("onnx", "what the encoder is exported to", choices=("onnx",))
+    quantize: str | None = option(
+        None, "int8: dynamic int8 quantisation of the encoder's weights", choices=("int8",)
     )

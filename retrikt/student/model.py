@@ -27,7 +27,9 @@ store it was derived from (path, id, version, manifest checksum).
 
 A student folder holds ``config.json`` (:class:`~retrikt.student.config.StudentConfig`),
 ``encoder/`` (a sentence-transformers folder: the transformer, its tokenizer and pooling),
-``head.safetensors`` and, with retrieval, ``store/``.
+``head.safetensors`` and, with retrieval, ``store/``. An exported folder (``retrikt export``,
+:mod:`retrikt.student.onnx`) holds ``model.onnx`` and ``tokenizer/`` instead of ``encoder/``
+and loads the same way; only the encoder forward then runs in onnxruntime.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from retrikt.student.config import (
     library_versions,
 )
 from retrikt.student.memory import Memory, memory_rows
+from retrikt.student.onnx import OnnxEncoder, is_exported, load_encoder
 from retrikt.tasks import CLASSIFICATION, SCORE, EncoderInput, Example, Task, get_task
 from retrikt.user_task import restore_task, saved_spec
 
@@ -128,10 +131,10 @@ class RetriKT(nn.Module):
         super().__init__()
         self.config = config
         self.task = restore_task(config.task, config.task_spec, "student config")
-        self.encoder = encoder  # sentence-transformers' Transformer module
-        self.pooling = pooling  # and its Pooling module (mean over tokens)
+        self.encoder = encoder  # sentence-transformers' Transformer module (or an OnnxEncoder)
+        self.pooling = pooling  # and its Pooling module (mean over tokens; inside an OnnxEncoder)
         self.encoder.max_seq_length = config.max_length
-        hidden = encoder.config.hidden_size
+        self.hidden_size = hidden = encoder.get_embedding_dimension()
         outputs = len(self.task.label_names or ()) if config.head == CLASSIFICATION else 1
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(hidden, outputs)
@@ -216,7 +219,7 @@ class RetriKT(nn.Module):
             torch.tensor(float(np.log(retrieval_temperature)))
         )
         rows = memory_rows(self.task, source.entries())
-        self.memory = Memory.from_rows(self.task, rows, self.encoder.config.hidden_size)
+        self.memory = Memory.from_rows(self.task, rows, self.hidden_size)
 
     @torch.inference_mode()
     def embed_inputs(self, inputs: Sequence[EncoderInput], batch_size: int = 64) -> np.ndarray:
@@ -224,7 +227,7 @@ class RetriKT(nn.Module):
         was_training = self.training
         self.eval()
         order = sorted(range(len(inputs)), key=lambda i: sum(len(t or "") for t in inputs[i]))
-        out = np.zeros((len(inputs), self.encoder.config.hidden_size), dtype=np.float32)
+        out = np.zeros((len(inputs), self.hidden_size), dtype=np.float32)
         batches = range(0, len(order), batch_size)
         for start in tqdm(batches, desc="embedding store", disable=len(batches) < 4):
             chunk = order[start : start + batch_size]
@@ -244,6 +247,11 @@ class RetriKT(nn.Module):
 
     # -------------------------------------------------------------- saving
     def save_pretrained(self, directory: str | Path) -> Path:
+        if isinstance(self.encoder, OnnxEncoder):
+            raise ModelFileError(
+                "an exported student cannot be saved again: copy its folder, or export the "
+                "PyTorch student it came from ('retrikt export')"
+            )
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         from sentence_transformers import SentenceTransformer
@@ -292,9 +300,12 @@ class RetriKT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> RetriKT:
-        """Load a student folder; with retrieval its store copy is opened and verified."""
+        """Load a student folder, PyTorch or exported (``retrikt export``: its encoder runs in
+        onnxruntime); with retrieval its store copy is opened and verified."""
         directory = Path(directory)
-        for needed in (CONFIG_NAME, HEAD_NAME, ENCODER_DIR):
+        exported = is_exported(directory)
+        parts = (CONFIG_NAME, HEAD_NAME) if exported else (CONFIG_NAME, HEAD_NAME, ENCODER_DIR)
+        for needed in parts:
             if not (directory / needed).exists():
                 raise ModelFileError(
                     f"{directory} is not a RetriKT student folder: {needed} is missing "
@@ -310,7 +321,10 @@ class RetriKT(nn.Module):
                 f"{directory} was saved in student format {config.format_version}, newer than "
                 f"this RetriKT reads ({FORMAT_VERSION}): upgrade retrikt"
             )
-        model = cls._load(config, str(directory / ENCODER_DIR), local=True)
+        if exported:
+            model = cls(config, *load_encoder(directory))
+        else:
+            model = cls._load(config, str(directory / ENCODER_DIR), local=True)
         state = {_RENAMED.get(k, k): v for k, v in load_file(directory / HEAD_NAME).items()}
         config.format_version = FORMAT_VERSION  # what it is once loaded (and saved again)
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -331,7 +345,7 @@ class RetriKT(nn.Module):
         store = KnowledgeStore.open(
             path,
             expected_encoder=retrieval.store_encoder_id,
-            expected_dim=self.encoder.config.hidden_size,
+            expected_dim=self.hidden_size,
         )
         if store.manifest.get("manifest_sha256") != retrieval.store_manifest_sha256:
             raise StoreError(
@@ -398,7 +412,7 @@ class RetriKT(nn.Module):
         per = len(self.task.encoder_inputs(examples[0])) if examples else 1
         order = sorted(range(len(examples)), key=lambda i: len(self.task.render(examples[i])))
         model = np.zeros((len(examples), self.task.num_outputs), dtype=np.float32)
-        queries = np.zeros((len(examples) * per, self.encoder.config.hidden_size), np.float32)
+        queries = np.zeros((len(examples) * per, self.hidden_size), np.float32)
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             batch = [examples[i] for i in chunk]
