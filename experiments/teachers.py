@@ -34,6 +34,7 @@ from pathlib import Path
 
 from retrikt.cache import write_json_atomic
 from retrikt.tasks import Task
+from retrikt.teachers.loading import EVAL_RESULTS, TEACHER_CONFIG, TRAINING_LOG
 
 logger = logging.getLogger("teachers")
 
@@ -87,7 +88,7 @@ def run_teacher(task: str, candidate: Candidate, args: argparse.Namespace) -> di
     out = Path(args.cache_dir) / "teachers" / task / candidate.name
     cost_path = out.with_suffix(".cost.json")  # beside the folder: train-teacher owns it
     cost = json.loads(cost_path.read_text()) if cost_path.is_file() else {"attempts": []}
-    if not (out / "teacher_config.json").is_file():
+    if not (out / TEACHER_CONFIG).is_file():
         command = teacher_command(task, candidate, out, args)
         logger.info("%s", shlex.join(command))
         started = time.perf_counter()
@@ -101,8 +102,8 @@ def run_teacher(task: str, candidate: Candidate, args: argparse.Namespace) -> di
         write_json_atomic(cost_path, cost)
         if os.waitstatus_to_exitcode(status) != 0:
             return {"status": "failed", **cost}
-    results = json.loads((out / "eval_results.json").read_text())
-    log = json.loads((out / "training_log.json").read_text())
+    results = json.loads((out / EVAL_RESULTS).read_text())
+    log = json.loads((out / TRAINING_LOG).read_text())
     steps = max((entry.get("step", 0) for entry in log), default=0)
     attempts = cost["attempts"]
     return {

@@ -9,7 +9,6 @@ measured the same way for all methods.
 
 from __future__ import annotations
 
-import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -198,13 +197,12 @@ class TeacherMethod(Method):
 
         folder = str(ctx.tuned_teacher)
         teacher = load_teacher(folder)
-        log = json.loads((Path(folder) / "training_log.json").read_text())
-        seconds = next((e["train_runtime"] for e in log if "train_runtime" in e), 0.0)
+        card = teacher_card(folder)
         return Fitted(
             teacher_predictor(teacher, ctx.task),
             _count_params(teacher.model),
-            seconds,
-            info={"teacher": teacher.id, **teacher_card(folder)},
+            card["train_seconds"] or 0.0,
+            info={"teacher": teacher.id, **card},
         )
 
 

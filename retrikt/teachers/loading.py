@@ -33,6 +33,7 @@ from retrikt.user_task import restore_task
 
 TEACHER_CONFIG = "teacher_config.json"
 EVAL_RESULTS = "eval_results.json"
+TRAINING_LOG = "training_log.json"  # the Trainer's log history
 _WEIGHTS = ("adapter_model.*", "model*.safetensors", "pytorch_model*.bin")
 
 
@@ -91,18 +92,24 @@ def is_llm(spec: str) -> bool:
 
 
 def teacher_card(spec: str) -> dict[str, Any]:
-    """What a train-teacher folder says about itself, for the store manifest: base model,
-    tuning and held-out score (empty for any other teacher)."""
+    """What a train-teacher folder says about itself, for the store manifest and the harness:
+    base model, tuning, held-out score and training seconds (empty for any other teacher)."""
     if not is_tuned_folder(spec):
         return {}
-    meta = json.loads((Path(spec) / TEACHER_CONFIG).read_text())
-    results_file = Path(spec) / EVAL_RESULTS
-    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    folder = Path(spec)
+    meta = json.loads((folder / TEACHER_CONFIG).read_text())
+    results = _read_json(folder / EVAL_RESULTS, {})
+    log = _read_json(folder / TRAINING_LOG, [])
     return {
         "base_model": meta["base_model"],
         "tuning": meta["tuning"],
         "heldout": results.get("heldout"),
+        "train_seconds": next((e["train_runtime"] for e in log if "train_runtime" in e), None),
     }
+
+
+def _read_json(path: Path, missing: Any) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else missing
 
 
 def load_teacher(spec: str, batch_size: int = 16) -> Teacher:

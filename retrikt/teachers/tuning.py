@@ -41,14 +41,19 @@ from retrikt.teachers.classifier import (
     task_scores,
 )
 from retrikt.teachers.config import TeacherConfig
-from retrikt.teachers.loading import EVAL_RESULTS, TEACHER_CONFIG, Teacher, tuned_id
+from retrikt.teachers.loading import (
+    EVAL_RESULTS,
+    TEACHER_CONFIG,
+    TRAINING_LOG,
+    Teacher,
+    tuned_id,
+)
 from retrikt.user_task import saved_spec
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 RUN_CONFIG = "run_config.json"  # in CHECKPOINTS: the settings a resumed run must share
-TRAINING_LOG = "training_log.json"
 #: Settings that do not change what a run computes, so a resumed run may differ in them.
 _RESUMABLE = ("threads", "overwrite")
 
