@@ -164,10 +164,16 @@ def write_report(results: dict, args: argparse.Namespace) -> None:
     lines = [
         "# Teachers: which LLM knows the task",
         "",
-        "Made by (every unit cached; rerun to resume or extend):",
+        "Made by these commands (every unit cached; rerun one to resume or extend it):",
         "",
         "```",
-        "OMP_NUM_THREADS=1 .venv/bin/python experiments/teachers.py " + shlex.join(args.argv),
+        *sorted(
+            {
+                "OMP_NUM_THREADS=1 .venv/bin/python experiments/teachers.py " + shlex.join(argv)
+                for entry in results.values()
+                for argv in entry.get("commands", [])
+            }
+        ),
         "```",
         "",
         "Each teacher is `retrikt train-teacher` (its command is in teachers.json) on the whole "
@@ -213,6 +219,7 @@ def write_report(results: dict, args: argparse.Namespace) -> None:
         best = best_teacher(task, entry)
         if best:
             lines += ["", f"Best by held-out score (mean of the metrics): **{best}**."]
+        lines += [f"\n{note}" for note in entry.get("notes", [])]  # observations between runs
         lines.append("")
     out = Path(args.out)
     out.write_text("\n".join(lines))
@@ -277,6 +284,8 @@ def main() -> None:
         return
     for task in args.tasks.split(","):
         entry = results.setdefault(task, {"teachers": {}})
+        if args.argv not in entry.setdefault("commands", []):
+            entry["commands"].append(args.argv)
         for name in args.teachers.split(","):
             entry["teachers"][name] = run_teacher(task, CANDIDATES[name], args)
             write_report(results, args)
