@@ -19,7 +19,7 @@ zero is an error naming the smallest ratio that keeps it, never a silent drop. A
 source has no entries of is not the condenser's to invent: it is logged and stays absent.
 
 This module imports only numpy at load time (``retrikt --help`` builds the CLI from
-:class:`CondenseConfig`); the store, faiss and scikit-learn are imported where used.
+:class:`CondenseConfig`); the store and faiss are imported where used.
 """
 
 from __future__ import annotations
@@ -37,15 +37,12 @@ import numpy as np
 
 from retrikt.config import Config, option
 from retrikt.errors import ConfigError, StoreError
+from retrikt.generator.configs import TRAIN_SOURCE
 
 if TYPE_CHECKING:
     from retrikt.store import KnowledgeStore
 
 logger = logging.getLogger(__name__)
-
-#: The ``generator`` of a store entry that is a real training example
-#: (``retrikt.generator.configs.TRAIN_SOURCE``, not imported: that module imports the models).
-REAL_ENTRY = "train"
 
 
 # ---------------------------------------------------------------------------- the entries
@@ -245,13 +242,15 @@ def knn_shapley_values(source: Source, config: CondenseConfig) -> np.ndarray:
     it has any, else all its entries; each query is left out of its own neighbours
     (leave-one-out). Truncated: a query values only its ``shapley_neighbours`` nearest
     entries (those farther get 0 from it); values are averaged over queries. An entry that
-    misleads the queries near it gets a negative value.
+    misleads the queries near it gets a negative value. For a choice task (COPA) the label
+    is the index of the right choice, so the value is only as telling as a vote of whole
+    questions on that index.
     """
     memo = ("knn-shapley", config.shapley_k, config.shapley_neighbours)
     if memo in source.memo:
         return source.memo[memo]
     generators = np.asarray(source.store.column("generator").to_pylist())
-    queries = np.flatnonzero(generators == REAL_ENTRY)
+    queries = np.flatnonzero(generators == TRAIN_SOURCE)
     if len(queries) == 0:
         queries = np.arange(len(source))
     vectors = source.vectors
