@@ -38,13 +38,13 @@ from typing import Any
 
 import numpy as np
 
-from retrikt.cache import ArtefactCache, write_json_atomic
+from retrikt.cache import DONE, ArtefactCache, write_json_atomic
 from retrikt.cli.evaluate import _paths_by_task
 from retrikt.condense import METHODS as CONDENSERS
 from retrikt.condense import CondenseConfig, condense
 from retrikt.harness.artefacts import TaskContext
 from retrikt.harness.methods import METHODS, StudentMethod
-from retrikt.harness.running import run_method
+from retrikt.harness.running import result_path, run_method
 from retrikt.harness.scales import SCALES, HarnessConfig
 from retrikt.store import KnowledgeStore
 from retrikt.store.manifest import INDEX_NAME, VECTORS_NAME
@@ -132,36 +132,51 @@ class TaskRun:
             "search_queries": len(times),
         }
 
-    def store(self, unit: Unit) -> tuple[Path, dict[str, Any]]:
-        """The unit's store (cached) and its measurements."""
+    def store(self, unit: Unit, make: bool = True) -> tuple[Path, dict[str, Any]] | None:
+        """The unit's store and its measurements, from the cache (made there unless ``make``
+        is False: then None when it is not cached)."""
         source_id = {"digest": self.source.digest, "entries": len(self.source)}
         if unit.size == FULL:
-            spec = {"source": source_id, "condense": None}
-            _, info = self.cache.ensure(
-                "condensed", f"{self.task.name}-full", spec, lambda _: self.measure(self.source)
-            )
-            return self.source.path, info
-        config = CondenseConfig(ratio=unit.size / 100, method=unit.method, seed=unit.seed)
-        condense_spec = config.to_dict()
-        if not CONDENSERS[unit.method].seeded:  # one store serves every seed
-            condense_spec["seed"] = None
-        spec = {"source": source_id, "condense": condense_spec}
+            label = f"{self.task.name}-full"
+            spec: dict[str, Any] = {"source": source_id, "condense": None}
 
-        def make(folder: Path) -> dict[str, Any]:
-            started = time.perf_counter()
-            store = condense(self.source, folder / "store", config)
-            seconds = time.perf_counter() - started
-            return {"condense_seconds": round(seconds, 3), **self.measure(store)}
+            def maker(_: Path) -> dict[str, Any]:
+                return self.measure(self.source)
 
-        label = f"{self.task.name}-{unit.method}-{unit.size}pct"
-        if condense_spec["seed"] is not None:
-            label += f"-s{unit.seed}"
-        folder, info = self.cache.ensure("condensed", label, spec, make)
-        return folder / "store", info
+        else:
+            config = CondenseConfig(ratio=unit.size / 100, method=unit.method, seed=unit.seed)
+            condense_spec = config.to_dict()
+            label = f"{self.task.name}-{unit.method}-{unit.size}pct"
+            if CONDENSERS[unit.method].seeded:
+                label += f"-s{unit.seed}"
+            else:  # one store serves every seed
+                condense_spec["seed"] = None
+            spec = {"source": source_id, "condense": condense_spec}
 
-    def run(self, unit: Unit) -> dict[str, Any]:
-        path, info = self.store(unit)
-        result = run_method(self.context(path), self.student, unit.seed)
+            def maker(folder: Path) -> dict[str, Any]:
+                started = time.perf_counter()
+                store = condense(self.source, folder / "store", config)
+                seconds = time.perf_counter() - started
+                return {"condense_seconds": round(seconds, 3), **self.measure(store)}
+
+        if not make and not (self.cache.folder("condensed", label, spec) / DONE).is_file():
+            return None
+        folder, info = self.cache.ensure("condensed", label, spec, maker)
+        return (self.source.path if unit.size == FULL else folder / "store"), info
+
+    def run(self, unit: Unit, cached_only: bool = False) -> dict[str, Any] | None:
+        """The unit's row: its store, the student trained on it and their measurements.
+
+        ``cached_only``: None unless every part is cached already (nothing is computed).
+        """
+        found = self.store(unit, make=not cached_only)
+        if found is None:
+            return None
+        path, info = found
+        ctx = self.context(path)
+        if cached_only and not result_path(self.cache, self.student.spec(ctx, unit.seed)).is_file():
+            return None
+        result = run_method(ctx, self.student, unit.seed)
         return {
             "task": unit.task,
             "method": unit.method,
@@ -179,8 +194,10 @@ class TaskRun:
 
 
 def units(args: argparse.Namespace) -> list[Unit]:
-    """Every (task, method, size, seed): the ``--first-*`` ones first; within those, task by
-    task and seed by seed, the whole store (the reference) before its condensed stores."""
+    """Every (task, method, size, seed) in order of interest: the ``--first-methods`` x
+    ``--first-sizes`` ones first; within those, seed by seed, size by size in the order
+    given (the whole store, the reference, first by default), every task at that point
+    before the next point, so an early stop leaves comparable slices of all tasks."""
     everything = [
         Unit(task, FULL_METHOD if size == FULL else method, size, seed)
         for task in args.tasks
@@ -189,13 +206,14 @@ def units(args: argparse.Namespace) -> list[Unit]:
         for method in args.methods
     ]
     unique = list(dict.fromkeys(everything))
+    order = args.first_sizes + [s for s in args.sizes if s not in args.first_sizes]
 
-    def priority(unit: Unit) -> tuple[int, int, int, bool]:
+    def priority(unit: Unit) -> tuple[int, int, int, int]:
         first = unit.size in args.first_sizes and (
             unit.size == FULL or unit.method in args.first_methods
         )
-        order = (args.tasks.index(unit.task), args.seeds.index(unit.seed), unit.size != FULL)
-        return (0 if first else 1, *order)
+        where = (args.seeds.index(unit.seed), order.index(unit.size), args.tasks.index(unit.task))
+        return (0 if first else 1, *where)
 
     return sorted(unique, key=priority)
 
@@ -358,7 +376,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="5,10,20,50,100", help="percent of each label kept")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--first-methods", default="random,kcenter,kmeans,knn-shapley")
-    parser.add_argument("--first-sizes", default="5,20,100")
+    parser.add_argument("--first-sizes", default="100,5,20")
     parser.add_argument("--search-k", type=int, default=16, help="neighbours per timed search")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache-dir", default="experiments/cache")
@@ -385,15 +403,25 @@ def main() -> None:
 
     set_threads(args.threads)
     cache = ArtefactCache(args.cache_dir)
-    runs: dict[str, TaskRun] = {}
+    runs = {task: TaskRun(task, args, cache) for task in args.tasks}
+    # Everything cached goes into the report first, so a rerun's report is never partial.
     rows: list[dict[str, Any]] = []
-    todo = units(args)
+    todo: list[Unit] = []
+    for unit in units(args):
+        row = runs[unit.task].run(unit, cached_only=True)
+        if row is None:
+            todo.append(unit)
+        else:
+            rows.append(row)
+    logger.info("%d units cached, %d to run", len(rows), len(todo))
+    if rows:
+        write_report(rows, runs, args)
     started = time.perf_counter()
     for number, unit in enumerate(todo, start=1):
-        if unit.task not in runs:
-            runs[unit.task] = TaskRun(unit.task, args, cache)
         logger.info("unit %d/%d: %s", number, len(todo), unit)
-        rows.append(runs[unit.task].run(unit))
+        row = runs[unit.task].run(unit)
+        assert row is not None
+        rows.append(row)
         write_report(rows, runs, args)
         logger.info("%.1f min so far", (time.perf_counter() - started) / 60)
 
