@@ -263,6 +263,9 @@ def write_report(rows: list[dict[str, Any]], runs: dict[str, TaskRun], args) -> 
             "",
         ]
         sizes = sorted({r["size"] for r in task_rows})
+        if not sizes:
+            lines += ["No unit has finished yet.", ""]
+            continue
         full = [r["score"] for r in task_rows if r["size"] == FULL]
         lines += [
             "| method | " + " | ".join(f"{s}%" for s in sizes) + " |",
