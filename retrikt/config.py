@@ -37,17 +37,19 @@ def option(
     min: float | None = None,
     max: float | None = None,
     below: float | None = None,
+    above: float | None = None,
     flag: str | None = None,
     cli: bool = True,
     default_factory: Any = _MISSING,
 ) -> Any:
     """A config field with its help text, accepted values and (optional) flag spelling.
 
-    ``min``/``max`` are inclusive bounds, ``below`` an exclusive upper bound. ``flag``
+    ``min``/``max`` are inclusive bounds, ``below``/``above`` exclusive ones. ``flag``
     renames the CLI flag (a bool whose default is True becomes ``--no-<name>`` by default);
     ``cli=False`` keeps a field out of the command line.
     """
     meta = {"help": help, "choices": choices, "min": min, "max": max, "below": below}
+    meta |= {"above": above}
     meta |= {"flag": flag, "cli": cli}
     if default_factory is not _MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
@@ -94,6 +96,8 @@ class Config:
             raise ConfigError(f"{self._where(f)} must be at most {meta['max']}, not {value}")
         if meta.get("below") is not None and value >= meta["below"]:
             raise ConfigError(f"{self._where(f)} must be below {meta['below']}, not {value}")
+        if meta.get("above") is not None and value <= meta["above"]:
+            raise ConfigError(f"{self._where(f)} must be above {meta['above']}, not {value}")
 
     def _where(self, f: dataclasses.Field) -> str:
         return f"{type(self).__name__}.{f.name} ({flag_of(f)})"

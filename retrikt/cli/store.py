@@ -18,10 +18,25 @@ Work with a knowledge store folder (made by `retrikt build-store`).
   merge    combine stores of the same task and encoder, dropping duplicates and
            recording which store and generator each entry came from
   reindex  re-embed every entry with another encoder into a new store
+  condense keep a share of every label's entries (dataset distillation), chosen by one
+           of several methods; the new store's manifest records its source and how
 
 info and sample check file sizes but skip hashing; use verify for a full check.
-merge and reindex --out write the new store beside OUT and rename it into place, so
-a run that is killed leaves no store at OUT and can simply be run again.
+merge, reindex --out and condense write the new store beside OUT and rename it into
+place, so a run that is killed leaves no store at OUT and can simply be run again.
+"""
+
+CONDENSE_DESCRIPTION = """\
+Write a new store at OUT keeping round(RATIO * n) of each label's n entries (of each
+score bucket for a regression task), so the condensed store keeps the source's label
+balance. Methods (each runs within one label at a time):
+
+{methods}
+
+A label whose share rounds to zero is an error naming the smallest ratio that keeps one of
+every label; a label the source has no entries of is logged and stays absent. The manifest
+records the lineage (source path, id, version and content digest, method, ratio, seed,
+settings, entries per label); `retrikt store info OUT` shows it.
 """
 
 
@@ -101,6 +116,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     reindex.add_argument("--batch-size", type=_positive_int, default=64, help="encoder batch size")
     reindex.set_defaults(func=_reindex)
 
+    from retrikt.condense import METHODS, CondenseConfig
+    from retrikt.config import add_arguments
+
+    condense = actions.add_parser(
+        "condense",
+        help="keep a class-balanced share of a store's entries",
+        description=CONDENSE_DESCRIPTION.format(
+            methods="\n".join(f"  {m.name:18s} {m.description}" for m in METHODS.values())
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    condense.add_argument("path", help="source store folder")
+    condense.add_argument("--out", required=True, help="new store folder")
+    add_arguments(condense, CondenseConfig, required=("ratio", "method"))
+    condense.set_defaults(func=_condense)
+
 
 def _positive_int(text: str) -> int:
     """argparse type: a count of at least 1 (argparse then exits 2 with a one-line message)."""
@@ -156,6 +187,16 @@ def _info(args: argparse.Namespace) -> int:
             f"source     {source['path']} ({source['store_id'][:8]}): {source['added']} added, "
             f"{source['duplicates']} duplicates"
         )
+    lineage = manifest.get("condensed_from")
+    while lineage is not None:
+        kept = ", ".join(f"{k} {v[1]}/{v[0]}" for k, v in lineage["kept"].items())
+        print(
+            f"condensed  from {lineage['path']} ({lineage['store_id'][:8]} version "
+            f"{lineage['version']}, digest {lineage['digest'][:16]}): {lineage['method']}, "
+            f"ratio {lineage['ratio']:g}, seed {lineage['seed']}, {lineage['entries']} -> "
+            f"{sum(v[1] for v in lineage['kept'].values())} entries ({kept})"
+        )
+        lineage = lineage.get("condensed_from")
     for name, record in manifest["files"].items():
         print(f"file       {name:16s} {record['size']:>14,d} bytes  sha256 {record['sha256'][:16]}")
     return 0
@@ -222,5 +263,21 @@ def _reindex(args: argparse.Namespace) -> int:
     print(
         f"wrote {new.path}: {len(new)} entries embedded with {new.encoder_id} "
         f"({new.dim}-dim), index {new.index_config.kind}"
+    )
+    return 0
+
+
+def _condense(args: argparse.Namespace) -> int:
+    from retrikt.condense import CondenseConfig, condense
+    from retrikt.config import from_args
+
+    config = from_args(CondenseConfig, args)
+    new = condense(args.path, args.out, config)
+    lineage = new.manifest["condensed_from"]
+    kept = ", ".join(f"{k} {v[1]}/{v[0]}" for k, v in lineage["kept"].items())
+    print(
+        f"wrote {new.path}: {len(new)} of {lineage['entries']} entries kept by "
+        f"{config.method} (ratio {config.ratio:g}, seed {config.seed}): {kept}; "
+        f"digest {new.digest}"
     )
     return 0

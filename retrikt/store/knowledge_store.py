@@ -884,6 +884,46 @@ class KnowledgeStore:
         merged.save()
         return merged
 
+    def subset(
+        self,
+        rows: Sequence[int] | np.ndarray,
+        out: str | os.PathLike,
+        *,
+        condensed_from: dict[str, Any] | None = None,
+    ) -> KnowledgeStore:
+        """A new store at ``out`` holding the entries at ``rows``, in that order, saved.
+
+        Task, labels, encoder, generator, teacher and each entry's id and provenance are
+        kept, and the vectors are copied rather than re-embedded. ``condensed_from`` is the
+        manifest's lineage record (``retrikt.condense`` writes it). Written like ``merge``:
+        whole, beside ``out``, then renamed into place.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.ndim != 1 or (len(rows) and not 0 <= rows.min() <= rows.max() < len(self)):
+            raise StoreError(
+                f"rows to keep of {self.path} must be positions 0..{len(self) - 1}, got "
+                f"{rows.tolist()[:5]}..."
+            )
+        new = KnowledgeStore._new(
+            out,
+            task=self.task,
+            label_names=self.label_names,
+            encoder_id=self.encoder_id,
+            dim=self.dim,
+            normalized=self.normalized,
+            generator=self._manifest["generator"],
+            teacher=self._manifest["teacher"],
+            index=self.requested_index,
+        )
+        new._append(self._table.take(rows), np.ascontiguousarray(self.embeddings()[rows]))
+        new._manifest["sources"] = copy.deepcopy(self._manifest["sources"])
+        if self._manifest.get("reindexed_from") is not None:
+            new._manifest["reindexed_from"] = copy.deepcopy(self._manifest["reindexed_from"])
+        if condensed_from is not None:
+            new._manifest["condensed_from"] = condensed_from
+        new.save()
+        return new
+
     def reindex(
         self,
         embed: Callable[[list[str]], np.ndarray],

@@ -58,6 +58,22 @@ class FileRecord(_Strict):
     sha256: _Hex64
 
 
+class CondensedRecord(_Strict):
+    """Lineage of a store made by ``retrikt store condense``: its source and how it was cut."""
+
+    path: str
+    store_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    version: int = Field(ge=1)
+    digest: _Hex64  # the source's content_digest: open(path, expected_digest=...) pins it
+    entries: int = Field(ge=0)  # in the source
+    method: _Name
+    ratio: float = Field(gt=0, le=1, allow_inf_nan=False)
+    seed: int
+    settings: dict[str, Any]  # the rest of the CondenseConfig
+    kept: dict[str, list[int]]  # label (or score bucket) -> [entries in the source, kept]
+    condensed_from: dict[str, Any] | None = None  # the source's own lineage, when condensed
+
+
 class Manifest(_Strict):
     """Every key of a format-1 manifest (see knowledge_store/README.md)."""
 
@@ -76,6 +92,7 @@ class Manifest(_Strict):
     index: IndexRecord
     sources: list[dict[str, Any]]
     reindexed_from: dict[str, Any] | None = None
+    condensed_from: CondensedRecord | None = None
     writer: dict[str, str]
     data: Annotated[str, Field(pattern=DATA_DIR.pattern)]
     files: dict[Literal["entries.parquet", "vectors.npy", "index.faiss"], FileRecord]
