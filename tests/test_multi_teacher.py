@@ -21,6 +21,7 @@ from retrikt.store.manifest import ENTRIES_NAME, MANIFEST_NAME, write_manifest
 from retrikt.student.config import TrainConfig
 from retrikt.tasks import get_task
 from retrikt.teachers.ensemble import (
+    CachedTeacher,
     Combination,
     EnsembleTeacher,
     agreement,
@@ -133,6 +134,31 @@ def test_one_teacher_is_itself_and_an_ensemble_names_its_rule_and_members():
     combined, each = both.label_all(CB, [{"premise": "x"}])
     np.testing.assert_allclose(combined, [[0.4, 0.2, 0.4]], atol=1e-6)
     assert set(each) == {A, B}
+
+
+class Counting(Fixed):
+    def __init__(self, id_, rows):
+        super().__init__(id_, rows)
+        self.asked = []
+
+    def label_probs(self, task, examples):
+        self.asked += [ex["premise"] for ex in examples]
+        return super().label_probs(task, examples)
+
+
+def test_a_cached_teacher_labels_each_example_once_across_runs(tmp_path):
+    rows = {"x": [0.7, 0.2, 0.1], "y": [0.1, 0.1, 0.8]}
+    first = Counting(A, rows)
+    out = CachedTeacher(first, tmp_path).label_probs(CB, [{"premise": "x"}, {"premise": "x"}])
+    np.testing.assert_allclose(out, [rows["x"], rows["x"]])
+    assert first.asked == ["x"]
+    again = Counting(A, rows)
+    out = CachedTeacher(again, tmp_path).label_probs(CB, [{"premise": "y"}, {"premise": "x"}])
+    np.testing.assert_allclose(out, [rows["y"], rows["x"]], atol=1e-7)
+    assert again.asked == ["y"]
+    other = Counting(B, rows)  # another teacher has its own file
+    CachedTeacher(other, tmp_path).label_probs(CB, [{"premise": "x"}])
+    assert other.asked == ["x"]
 
 
 # ----------------------------------------------------------------------- the store
@@ -286,7 +312,7 @@ def test_a_multi_teacher_build_keeps_every_teachers_labels_and_the_rule(
     )  # fmt: skip
     config = BuildConfig(
         task="cb", out=str(tmp_path / rule), rl="none", store_examples="train",
-        teacher=f"{A},{B}", teacher_combination=rule,
+        teacher=f"{A},{B}", teacher_combination=rule, cache_dir=str(tmp_path / "cache"),
     )  # fmt: skip
     store = KnowledgeStore.open(build.build_store(config))
     assert store.verify().entry_count == 2

@@ -61,7 +61,12 @@ from retrikt.generator.templates import (
     parse_example,
 )
 from retrikt.tasks import Example, Task, get_task
-from retrikt.teachers.ensemble import Combination, EnsembleTeacher, fit_combination
+from retrikt.teachers.ensemble import (
+    CachedTeacher,
+    Combination,
+    EnsembleTeacher,
+    fit_combination,
+)
 from retrikt.user_task import saved_spec
 
 logger = logging.getLogger(__name__)
@@ -212,11 +217,14 @@ def prepare_teachers(
         prepared = [prepare_teacher(config, data, rank)]
     else:
         prepared = [prepare_teacher(replace(config, teacher=spec), data, rank) for spec in specs]
-    members = [teacher for teacher, _ in prepared]
     infos = [info for _, info in prepared]
+    if len(prepared) == 1:
+        member = prepared[0][0]
+        return EnsembleTeacher([member], Combination("mean", [member.id])), infos[0], infos, None
+    # Several teachers: each one's outputs are cached, so stores of the same examples with
+    # other teachers or another rule label nothing twice.
+    members = [CachedTeacher(teacher, config.cache / "labels") for teacher, _ in prepared]
     ids = [m.id for m in members]
-    if len(members) == 1:
-        return EnsembleTeacher(members, Combination("mean", ids)), infos[0], infos, None
     task = data.task
     held = heldout_examples(config, data)
     logger.info(

@@ -25,12 +25,15 @@ scores) so the store says how its labels were made, and :class:`EnsembleTeacher`
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from retrikt.cache import key as cache_key
 from retrikt.errors import ConfigError
 from retrikt.tasks import Example, Task
 
@@ -195,6 +198,48 @@ def fit_combination(
     a, b, loss = fit_pooling(stacked, gold)
     record["penalised_nll"] = round(loss, 6)
     return Combination(rule, teachers, a.tolist(), b.tolist(), record)
+
+
+class CachedTeacher:
+    """A teacher whose outputs are kept on disk, one JSON line per example, so a build with
+    other teachers, another combination rule or more examples labels nothing twice.
+
+    Keyed by the teacher's id (it names its weights) and each example's fields; lines
+    are appended and flushed per call, so a killed run keeps what it labelled.
+    """
+
+    def __init__(self, teacher: Any, folder: Path):
+        self.teacher = teacher
+        self.id = teacher.id
+        self.path = Path(folder) / f"{cache_key([self.id])}.jsonl"
+        self._rows: dict[str, list[float]] = {}
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                if line.endswith("}"):  # a line torn by a kill is relabelled
+                    record = json.loads(line)
+                    self._rows[record["key"]] = record["probs"]
+
+    def __getattr__(self, name: str) -> Any:  # the model, its batch size ...
+        return getattr(self.teacher, name)
+
+    def label_probs(self, task: Task, examples: Sequence[Example]) -> np.ndarray:
+        keys = [cache_key([task.name, _fields(ex)]) for ex in examples]
+        todo = sorted({k: i for i, k in enumerate(keys) if k not in self._rows}.values())
+        if todo:
+            probs = np.asarray(self.teacher.label_probs(task, [examples[i] for i in todo]))
+            lines = []
+            for i, row in zip(todo, probs, strict=True):
+                self._rows[keys[i]] = [float(p) for p in row]
+                lines.append(json.dumps({"key": keys[i], "probs": self._rows[keys[i]]}) + "\n")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write("".join(lines))
+        width = task.num_outputs
+        return np.asarray([self._rows[k] for k in keys], dtype=np.float32).reshape(-1, width)
+
+
+def _fields(example: Example) -> dict[str, Any]:
+    return {k: v for k, v in example.items() if k not in ("idx", "label")}
 
 
 class EnsembleTeacher:
