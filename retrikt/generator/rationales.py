@@ -6,9 +6,10 @@ examples of the same task. Here every store entry gets such a rationale:
 
 * **the label given** is the one the entry stands for: the gold label of a real training
   example, the store's (teacher) label of a generated one;
-* **two in-context examples** are real training examples of two different labels (seeded),
-  each with its gold answer and a rationale the same LLM wrote for it first, zero-shot (a
-  task ships no human rationales);
+* **two in-context examples** are real training examples of two different labels (seeded,
+  among the shortest quarter, since every prompt carries them), each with its gold answer
+  and a rationale the same LLM wrote for it first, zero-shot (a task ships no human
+  rationales);
 * the prompt is plain text in the generation template's style, so base and instruct LLMs
   both continue it; the rationale ends at the template's ``###`` (or EOS), at most
   ``rationale_tokens`` tokens (a cut one is trimmed to its last full sentence).
@@ -101,10 +102,11 @@ def clean_rationale(text: str) -> str | None:
 
 
 def pick_demos(task: Task, train: Sequence[Example], seed: int) -> list[Example]:
-    """``DEMOS`` training examples of different labels where the task has them (seeded)."""
+    """``DEMOS`` short training examples of different labels where the task has them."""
     rng = random.Random(seed)
-    pool = [ex for ex in train if ex["label"] is not None]
-    rng.shuffle(pool)
+    pool = sorted((ex for ex in train if ex["label"] is not None), key=task.render)
+    pool = sorted(pool, key=lambda ex: len(task.render(ex)))[: max(len(pool) // 4, DEMOS * 4)]
+    rng.shuffle(pool)  # among the shortest quarter: every prompt carries both demos
     chosen: list[Example] = []
     seen: set[Any] = set()
     for ex in pool:
