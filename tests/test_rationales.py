@@ -213,6 +213,25 @@ def test_the_predict_command_and_a_reloaded_student_show_them(explained, tmp_pat
     assert all(n["rationale"] for n in got["neighbours"])
 
 
+def test_the_server_answers_with_the_rationales(explained):
+    from fastapi.testclient import TestClient
+
+    from retrikt.server import create_app
+
+    _, folder = explained
+    student = RetriKT.from_pretrained(folder / "student")
+    item = {"premise": "The shop closes at six.", "hypothesis": "The shop is open at night."}
+    want = student.predict([item])[0].to_dict()
+    with TestClient(create_app(student)) as client:
+        response = client.post("/predict", json={"inputs": [item]})
+    assert response.status_code == 200
+    (got,) = response.json()["predictions"]
+    assert got["explanation"] == want["explanation"]
+    assert [n["rationale"] for n in got["neighbours"]] == [
+        n["rationale"] for n in want["neighbours"]
+    ]
+
+
 # ----------------------------------------------------------------------- training signal
 def _cosines(model, examples, rationales):
     queries = model.embed_inputs([CB.encoder_inputs(ex)[0] for ex in examples])

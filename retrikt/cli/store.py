@@ -165,41 +165,11 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def teacher_report(store) -> dict[str, Any]:
-    """Each teacher's labels in the store: how often the teachers agree (all entries that
-    every one labelled) and each one's official metrics on the real training examples
-    (``generator="train"``, whose requested label is the gold one)."""
-    from retrikt.errors import RetriktError
-    from retrikt.generator.configs import TRAIN_SOURCE
-    from retrikt.tasks import get_task
-    from retrikt.teachers.ensemble import agreement
-
-    entries = store.entries()
-    ids = sorted({t for e in entries for t in e.teacher_labels})
-    regression = store.label_names is None
-    both = [e for e in entries if all(t in e.teacher_labels for t in ids)]
-    agree = agreement({t: [e.teacher_labels[t] for e in both] for t in ids}, regression)
-    report: dict[str, Any] = {"teachers": ids, "agreement": agree, "train": {}}
-    train = [e for e in entries if e.generator == TRAIN_SOURCE]
-    try:
-        task = get_task(store.task)
-    except RetriktError:  # a user task's spec is not at hand: agreement only
-        return report
-    for teacher in ["store label", *ids]:
-        rows = [e for e in train if teacher == "store label" or teacher in e.teacher_labels]
-        if not rows:
-            continue
-        labels = [e.soft_labels if teacher == "store label" else e.teacher_labels[teacher]
-                  for e in rows]  # fmt: skip
-        preds = [p[0] if regression else max(range(len(p)), key=p.__getitem__) for p in labels]
-        examples = [{**e.fields, "label": e.requested_label} for e in rows]
-        report["train"][teacher] = {**task.evaluate(preds, examples), "examples": len(rows)}
-    return report
-
-
 def _teacher_lines(store, manifest: dict[str, Any]) -> list[str]:
     if not len(store):
         return []
+    from retrikt.teachers.ensemble import teacher_report
+
     report = teacher_report(store)
     if not report["teachers"]:
         return []
