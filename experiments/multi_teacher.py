@@ -191,8 +191,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row = entry["variants"].setdefault(variant.name, {"seeds": {}})
                 row["store"] = {"name": variant.store, **store_summary(store, info)}
                 row["train"] = variant.train
-                row["seeds"][str(seed)] = student_for(ctx, cache, variant, store, spec, seed)
+                if not args.stores_only:
+                    row["seeds"][str(seed)] = student_for(ctx, cache, variant, store, spec, seed)
                 write_report(results, args)
+        if args.stores_only:
+            break  # stores do not depend on the seed
     return results
 
 
@@ -267,13 +270,13 @@ def write_report(results: dict[str, Any], args: argparse.Namespace) -> None:
         ]
         for name, row in entry["variants"].items():
             runs = list(row["seeds"].values())
-            student = ", ".join(_mean_sd([r["metrics"][n] for r in runs]) for n in names)
-            train_min = statistics.mean(r["seconds"] for r in runs) / 60
+            student = ", ".join(_mean_sd([r["metrics"][n] for r in runs]) for n in names if runs)
+            train_min = f"{statistics.mean(r['seconds'] for r in runs) / 60:.1f}" if runs else ""
             store = row["store"]
             lines.append(
                 f"| {name} | {store['name']} | {_scores(store['label_validation'], names)} | "
-                f"{student} | {len(runs)} | {store['build_seconds'] / 60:.1f} | "
-                f"{train_min:.1f} |"
+                f"{student if runs else 'not run yet'} | {len(runs)} | "
+                f"{store['build_seconds'] / 60:.1f} | {train_min} |"
             )
         weights = [
             (name, row["store"]["combination"])
@@ -323,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default=None, type=lambda s: s.split(","))
     parser.add_argument("--rationale-model", default="smollm2-135m")
     parser.add_argument("--rationale-rule", default="mean", choices=RULES)
+    parser.add_argument(
+        "--stores-only", action="store_true", help="build the variants' stores, train nothing"
+    )
     parser.add_argument("--cache-dir", default="experiments/cache")
     parser.add_argument("--results-dir", default="experiments/results")
     parser.add_argument("--threads", type=int, default=1)
