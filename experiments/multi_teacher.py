@@ -257,8 +257,8 @@ def write_report(results: dict[str, Any], args: argparse.Namespace) -> None:
                 f"The teachers agree (argmax) on {100 * agree['all']:.1f}% of the "
                 f"{agree['entries']} training entries; pairs: "
                 + ", ".join(f"{k} {100 * v:.1f}%" for k, v in agree["pairs"].items())
-                + ". On those training entries (most of which the tuned teachers were "
-                "trained on): "
+                + ". On those training entries (90% of which the tuned teachers were "
+                f"trained on; *store label* is {multi['name']}'s): "
                 + "; ".join(f"{k} {_scores(v, names)}" for k, v in multi["report"]["train"].items())
                 + ".",
             ]
@@ -286,8 +286,15 @@ def write_report(results: dict[str, Any], args: argparse.Namespace) -> None:
         if weights:
             lines += ["", "Combination weights (teachers in order):", ""]
             for name, combination in weights:
-                shown = combination.get("weights")
-                shown = ", ".join(f"{w:.3f}" for w in shown) if shown else "per example"
+                weights = combination.get("weights")
+                if weights:
+                    shown = ", ".join(f"{w:.3f}" for w in weights)
+                    if combination.get("biases"):
+                        shown += " (class biases " + ", ".join(
+                            f"{b:.3f}" for b in combination["biases"]) + ")"  # fmt: skip
+                else:
+                    shown = {"mean": "equal", "confidence": "per example, each teacher's "
+                             "highest probability"}.get(combination["rule"], "")  # fmt: skip
                 lines.append(f"- {name}: {shown}")
         costs = [row["store"] for row in entry["variants"].values() if row["store"]["rationales"]]
         if costs:
