@@ -105,6 +105,20 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    #: Options added after results were cached under keys made from ``to_dict``: ``key_dict``
+    #: leaves them out while they have their defaults, so those keys (and caches) stay valid.
+    LATER_OPTIONS: typing.ClassVar[tuple[str, ...]] = ()
+
+    def key_dict(self) -> dict[str, Any]:
+        """``to_dict`` for cache keys: later options at their defaults are left out."""
+        data = self.to_dict()
+        for f in dataclasses.fields(self):
+            if f.name in self.LATER_OPTIONS:
+                default = f.default if f.default is not _MISSING else f.default_factory()  # type: ignore[misc]
+                if getattr(self, f.name) == default:
+                    del data[f.name]
+        return data
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> Self:
         """Build from saved JSON, refusing keys this version of the config does not have."""

@@ -128,8 +128,10 @@ class PredictRequest(BaseModel):
 
 class PredictResponse(BaseModel):
     predictions: list[dict[str, Any]] = Field(
-        description="One per input, in order: label, probs (or score for regression) and "
-        "the neighbours used, each with its text, teacher label and similarity."
+        description="One per input, in order: label, probs (or score for regression), "
+        "the neighbours used, each with its text, teacher label, similarity and rationale "
+        "(a store built with --rationales), and the explanation: the rationales of the "
+        "neighbours that vote for the answer, heaviest first."
     )
 
 

@@ -22,6 +22,12 @@ equal weights; each can be switched off for ablations:
 3. *Distillation* (``distill``): the model's own prediction on a batch of store entries is
    pulled to their teacher soft labels (KL; MSE to the teacher score for regression) - the
    classic transfer of the LLM's knowledge through its generated examples.
+4. *Rationale alignment* (``rationale_loss`` > 0, a store built with ``--rationales``): the
+   encoder does not write text, but it can learn what the LLM said about an example. Each
+   training input whose example has a rationale in the store (the store's real training
+   examples) is pulled towards the embedding of that rationale, ``1 - cosine``, weighted by
+   ``rationale_loss``; the rationale embeddings are targets, re-embedded with the keys.
+   ``rationale_keys`` instead appends each entry's rationale to the input its key embeds.
 
 Keys are detached: the store rows are re-embedded with the current encoder at the start of
 every ``refresh_every`` epochs and at the end (re-encoding every neighbour at every step would
@@ -212,6 +218,50 @@ def distill_loss(model: RetriKT, entries: Sequence[StoreEntry]) -> torch.Tensor:
     return nn.functional.kl_div(outputs.log_softmax(-1), soft, reduction="batchmean")
 
 
+class RationaleTargets:
+    """The store's rationales as embedding targets for the inputs of their own examples."""
+
+    def __init__(self, model: RetriKT):
+        memory = model.memory
+        assert memory is not None
+        self.model = model
+        self.rows: dict[str, list[int]] = {}  # origin -> its rows that have a rationale
+        for row, (origin, text) in enumerate(zip(memory.origins, memory.rationales, strict=True)):
+            if text:
+                self.rows.setdefault(origin, []).append(row)
+        self.texts = {row: memory.rationales[row] for rows in self.rows.values() for row in rows}
+        self.vectors: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def refresh(self) -> None:
+        """Embed every rationale with the current encoder (detached targets)."""
+        rows = list(self.texts)
+        vectors = self.model.embed_inputs([(self.texts[r], None) for r in rows])
+        self.vectors = dict(zip(rows, torch.from_numpy(vectors), strict=True))
+
+    def loss(self, pooled: torch.Tensor, batch: Sequence[Example]) -> torch.Tensor | None:
+        """Mean ``1 - cosine`` of each input and its example's rationale (None: none has one).
+
+        Input ``j`` of a multi-input example (a COPA choice) is matched to the ``j``-th row
+        of its example, as the memory orders them.
+        """
+        from retrikt.student.memory import origin_key
+
+        per = len(pooled) // max(len(batch), 1)
+        inputs, targets = [], []
+        for i, example in enumerate(batch):
+            rows = self.rows.get(origin_key(self.model.task, example), [])
+            for j in range(per if rows else 0):
+                inputs.append(i * per + j)
+                targets.append(self.vectors[rows[min(j, len(rows) - 1)]])
+        if not inputs:
+            return None
+        queries = nn.functional.normalize(pooled[inputs], dim=-1)
+        return (1 - (queries * torch.stack(targets)).sum(-1)).mean()
+
+
 # --------------------------------------------------------------------------- the loop
 def train(
     model: RetriKT,
@@ -228,6 +278,11 @@ def train(
 
     retrieval = model.memory is not None
     distill = retrieval and config.distill and len(store_entries) > 0
+    rationales = RationaleTargets(model) if retrieval and config.rationale_loss > 0 else None
+    if rationales is not None and not len(rationales):
+        raise ConfigError(
+            "--rationale-loss needs rationales in the store: build it with --rationales"
+        )
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
     total = steps_per_epoch * config.epochs
     optimizer = _optimizer(model, config)
@@ -243,6 +298,8 @@ def train(
     for epoch in range(config.epochs):
         if retrieval and epoch % config.refresh_every == 0:
             model.refresh_keys()
+            if rationales is not None:
+                rationales.refresh()
         model.train()
         for indices in length_grouped_batches(lengths, config.batch_size, generator):
             batch = [examples[i] for i in indices]
@@ -253,6 +310,10 @@ def train(
                 losses = retrieval_objectives(model, out.pooled, dist, batch, config)
             if "combined" not in losses:
                 losses["task"] = model.task_loss(out.outputs, batch)
+            if rationales is not None:
+                aligned = rationales.loss(out.pooled, batch)
+                if aligned is not None:
+                    losses["rationale"] = config.rationale_loss * aligned
             if distill:
                 if len(distill_order) < config.batch_size:
                     distill_order += rng.permutation(len(store_entries)).tolist()
@@ -359,6 +420,8 @@ def train_student(
     task: Task = get_task(config.task)
     if config.tune_retrieval and config.store is None:
         raise ConfigError("--tune-retrieval tunes retrieval: give a --store to retrieve from")
+    if (config.rationale_loss > 0 or config.rationale_keys) and config.store is None:
+        raise ConfigError("rationales come from a store: give a --store built with --rationales")
     set_seed(config.seed)
     train_examples = subsample(task.read("train", data_dir), config.train_limit)
     eval_examples = task.read(eval_split, data_dir)
@@ -369,6 +432,8 @@ def train_student(
     if config.store is not None:
         source = KnowledgeStore.open(config.store)
         model.attach_store(source, config.k, config.mix, config.retrieval_temperature)
+        assert model.config.retrieval is not None
+        model.config.retrieval.rationale_keys = config.rationale_keys
         store_entries = source.entries()
         if config.tune_retrieval:
             train_examples, tune_examples = split_for_tuning(

@@ -11,16 +11,21 @@ from retrikt.tasks import Example, Task
 
 
 def labelled_store(
-    task: Task, examples: Sequence[Example], path: str | Path, encoder: str | None = None
+    task: Task,
+    examples: Sequence[Example],
+    path: str | Path,
+    encoder: str | None = None,
+    rationales: Sequence[str | None] | None = None,
 ) -> KnowledgeStore:
     """A store of labelled examples with one-hot soft labels (regression: the gold score).
 
     Retrieval over it is a kNN memory of the labelled data; keys come from ``Encoder``.
+    ``rationales`` (one per example) are kept as the entries' rationales.
     """
     embedder = Encoder(encoder)
     names = list(task.label_names) if task.label_names else None
     entries = []
-    for ex in examples:
+    for i, ex in enumerate(examples):
         soft = [float(ex["label"])] if names is None else [0.0] * len(names)
         if names is not None:
             soft[int(ex["label"])] = 1.0
@@ -31,6 +36,7 @@ def labelled_store(
                 requested_label=ex["label"],
                 soft_labels=soft,
                 generator="gold",
+                rationale=rationales[i] if rationales is not None else None,
             )
         )
     store = KnowledgeStore.create(

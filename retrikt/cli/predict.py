@@ -27,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Read one input per line (JSON: an object in the task's field names, e.g. "
             '{"premise": ..., "hypothesis": ...}; a string for single-text tasks; or a '
             "[text, pair] list) and write one JSON line per input with the predicted label, "
-            "its probabilities (or score) and the neighbours that explain it. Blank lines "
+            "its probabilities (or score), the neighbours that explain it and, for a store built "
+            "with --rationales, their rationales (explanation: those of the neighbours that "
+            "vote for the answer, heaviest first). Blank lines "
             "are skipped. A bad line stops the run with its line number and exit code 1, "
             'unless --skip-invalid, which writes {"error": ..., "line": N} in its place. '
             "An output file is only written when the run succeeds."

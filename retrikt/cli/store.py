@@ -11,7 +11,9 @@ from typing import Any
 DESCRIPTION = """\
 Work with a knowledge store folder (made by `retrikt build-store`).
 
-  info     what the store holds: task, labels, encoder, index, provenance, files
+  info     what the store holds: task, labels, encoder, index, provenance, files; its
+           teachers, how often they agree and each one's score on the real training
+           examples in the store
   verify   re-hash every file against the manifest; exit 1 naming a bad file, or
            an empty store left by an interrupted write
   sample   print a few entries readably
@@ -182,6 +184,8 @@ def _info(args: argparse.Namespace) -> int:
             print("requested  " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         generators = Counter(g or "?" for g in store.column("generator").to_pylist())
         print("written by " + ", ".join(f"{k} {v}" for k, v in generators.most_common()))
+    for line in _teacher_lines(store, manifest):
+        print(line)
     for source in manifest["sources"]:
         print(
             f"source     {source['path']} ({source['store_id'][:8]}): {source['added']} added, "
@@ -200,6 +204,52 @@ def _info(args: argparse.Namespace) -> int:
     for name, record in manifest["files"].items():
         print(f"file       {name:16s} {record['size']:>14,d} bytes  sha256 {record['sha256'][:16]}")
     return 0
+
+
+def _teacher_lines(store, manifest: dict[str, Any]) -> list[str]:
+    if not len(store):
+        return []
+    from retrikt.teachers.ensemble import teacher_report
+
+    report = teacher_report(store)
+    if not report["teachers"]:
+        return []
+    listed = {t.get("id"): t for t in manifest.get("teachers") or [] if isinstance(t, dict)}
+    combination = manifest.get("combination") or {}
+    lines = [f"teachers   {len(report['teachers'])}" + (
+        f", the store's label is their {combination['rule']}" if combination else "")]  # fmt: skip
+    weights = dict(zip(combination.get("teachers", []), combination.get("weights") or [],
+                       strict=False))  # fmt: skip
+    scores = (combination.get("heldout") or {}).get("scores") or {}
+    for teacher in report["teachers"]:
+        info = listed.get(teacher, {})
+        parts = []
+        if teacher in weights:
+            parts.append(f"weight {weights[teacher]:.3f}")
+        heldout = info.get("heldout") or {}
+        if isinstance(heldout, dict) and heldout:
+            parts.append("own held-out " + _metrics(heldout))
+        if scores.get(teacher) is not None:
+            held = combination["heldout"]["examples"]
+            parts.append(f"common held-out ({held} ex.) {scores[teacher]:.3f}")
+        train = report["train"].get(teacher)
+        if train:
+            parts.append(f"on {train['examples']} training entries " + _metrics(train))
+        lines.append(f"  teacher  {teacher}: " + "; ".join(parts))
+    if "store label" in report["train"]:
+        lines.append(
+            "  store    label on training entries " + _metrics(report["train"]["store label"])
+        )
+    agree = report["agreement"]
+    if len(report["teachers"]) > 1 and agree["entries"]:
+        pairs = ", ".join(f"{k} {v:.1%}" for k, v in agree["pairs"].items())
+        lines.append(f"agreement  all teachers on {agree['all']:.1%} of {agree['entries']} "
+                     f"entries; pairs: {pairs}")  # fmt: skip
+    return lines
+
+
+def _metrics(metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k != "examples")
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -227,6 +277,11 @@ def _sample(args: argparse.Namespace) -> int:
         else:
             teacher = f"score {entry.soft_labels[0]:.3g}"
         print(f"  requested  {_label_name(store, entry.requested_label)}   teacher  {teacher}")
+        if len(entry.teacher_labels) > 1:
+            for name, probs in entry.teacher_labels.items():
+                shown = (" | ".join(f"{n} {p:.2f}" for n, p in zip(names, probs, strict=True))
+                         if names is not None else f"score {probs[0]:.3g}")  # fmt: skip
+                print(f"    {name}: {shown}")
         if entry.rewards:
             print("  rewards    " + ", ".join(f"{k} {v:.3f}" for k, v in entry.rewards.items()))
         for name, value in entry.fields.items():

@@ -31,7 +31,7 @@ import os
 import random
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +61,19 @@ from retrikt.generator.templates import (
     parse_example,
 )
 from retrikt.tasks import Example, Task, get_task
+from retrikt.teachers.ensemble import (
+    CachedTeacher,
+    Combination,
+    EnsembleTeacher,
+    fit_combination,
+)
 from retrikt.user_task import saved_spec
 
 logger = logging.getLogger(__name__)
 
+#: Share of the training split held out to fit and score several teachers when none of
+#: them is a ``retrikt train-teacher`` folder (those bring their own held-out slice).
+DEFAULT_HELDOUT = 0.1
 #: Part of the RL and generation cache keys: bump it when the sampler's output changes, so
 #: stages cached by an older sampler are not reused.
 SAMPLER_VERSION = 2
@@ -171,6 +180,72 @@ def prepare_teacher(config: BuildConfig, data: TaskData, rank: int = 0) -> tuple
     return teacher, info
 
 
+def heldout_examples(config: BuildConfig, data: TaskData) -> list[Example]:
+    """Training examples no teacher was tuned on: those every ``retrikt train-teacher``
+    folder held out (its own seeded slice, recomputed from its saved settings), or, with no
+    tuned teacher, a seeded 10% slice of the training split (untuned teachers saw none)."""
+    from retrikt.tasks import split_heldout
+    from retrikt.teachers.config import TeacherConfig
+    from retrikt.teachers.loading import TEACHER_CONFIG, is_tuned_folder
+    from retrikt.teachers.tuning import load_teacher_data
+
+    task = data.task
+    slices = []
+    for spec in config.teacher_models:
+        if not is_tuned_folder(spec):
+            continue
+        saved = json.loads((Path(spec) / TEACHER_CONFIG).read_text())["config"]
+        tuned = TeacherConfig.from_dict({**saved, "data_dir": config.data_dir}, spec)
+        slices.append(load_teacher_data(tuned).heldout)
+    if not slices:
+        return split_heldout(task, data.train, DEFAULT_HELDOUT, config.seed, "held-out")[1]
+    common = set.intersection(*({task.render(ex) for ex in held} for held in slices))
+    return [ex for ex in slices[0] if task.render(ex) in common]
+
+
+def prepare_teachers(
+    config: BuildConfig, data: TaskData, rank: int = 0
+) -> tuple[EnsembleTeacher, dict[str, Any], list[dict[str, Any]] | None, dict[str, Any] | None]:
+    """Every teacher of ``--teacher a,b,c`` (each through :func:`prepare_teacher`) as one
+    ``EnsembleTeacher`` whose labels are their ``--teacher-combination``.
+
+    Returns (teacher, the manifest's ``teacher``, its ``teachers``, its ``combination``).
+    One teacher is that teacher, with the manifest it always had.
+    """
+    specs = config.teacher_models
+    if len(specs) == 1:
+        prepared = [prepare_teacher(config, data, rank)]
+    else:
+        prepared = [prepare_teacher(replace(config, teacher=spec), data, rank) for spec in specs]
+    infos = [info for _, info in prepared]
+    if len(prepared) == 1:
+        member = prepared[0][0]
+        return EnsembleTeacher([member], Combination("mean", [member.id])), infos[0], infos, None
+    # Several teachers: each one's outputs are cached, so stores of the same examples with
+    # other teachers or another rule label nothing twice.
+    members = [CachedTeacher(teacher, config.cache / "labels") for teacher, _ in prepared]
+    ids = [m.id for m in members]
+    task = data.task
+    held = heldout_examples(config, data)
+    logger.info(
+        "%d teachers, combined by %s; %d held-out training examples score and fit them",
+        len(members), config.teacher_combination, len(held),
+    )  # fmt: skip
+    probs = {m.id: np.asarray(m.label_probs(task, held)) for m in members}
+    combination = fit_combination(config.teacher_combination, task, ids, probs, held)
+    ensemble = EnsembleTeacher(members, combination)
+    for info in infos:
+        info["heldout_common"] = combination.heldout["scores"][info["id"]]
+    info = {
+        "id": ensemble.id,
+        "combination": combination.rule,
+        "members": ids,
+        "validation": measure_teacher(ensemble, task, data.validation),
+    }
+    logger.info("combined teacher (%s) on validation: %s", combination.rule, info["validation"])
+    return ensemble, info, infos, combination.to_dict()
+
+
 def measure_teacher(teacher: LLMTeacher, task: Task, examples: list[Example]) -> dict[str, Any]:
     """The task's official metrics of the teacher's predictions on labelled examples."""
     examples = [ex for ex in examples if ex["label"] is not None]
@@ -197,7 +272,7 @@ def prepare_generator(
     )
     if config.rl == "none":
         return sft
-    teacher_key = cache.key([teacher.id, teacher_info["adapter"]])
+    teacher_key = cache.key([teacher.id, teacher_info.get("adapter")])
     rl_key = cache.key(
         [
             sft_key,
@@ -263,7 +338,7 @@ def generate_records(
     config: BuildConfig,
     data: TaskData,
     adapter: Path | None,
-    teacher: LLMTeacher,
+    teacher: EnsembleTeacher,
     rank: int = 0,
     world: int = 1,
 ) -> list[dict[str, Any]]:
@@ -284,12 +359,16 @@ def generate_records(
     def annotate(records: list[dict[str, Any]]) -> None:
         parsed = [parse_example(task, r["text"], r["label"]) for r in records]
         valid = [i for i, ex in enumerate(parsed) if ex is not None]
-        probs = teacher.label_probs(task, [parsed[i] for i in valid]) if valid else []
+        probs, each = teacher.label_all(task, [parsed[i] for i in valid]) if valid else ([], {})
         for record, ex in zip(records, parsed, strict=True):
-            record["fields"] = None if ex is None else _fields(ex)
+            record["fields"] = None if ex is None else entry_fields(ex)
             record["soft_labels"] = None
-        for i, row in zip(valid, probs, strict=True):
+        for n, (i, row) in enumerate(zip(valid, probs, strict=True)):
             records[i]["soft_labels"] = [float(p) for p in row]
+            if len(each) > 1:  # one teacher's labels are the soft labels
+                records[i]["teacher_labels"] = {
+                    t: [float(p) for p in v[n]] for t, v in each.items()
+                }
 
     sampler = Sampler(policy, tokenizer, config.sampling)
     run_generation(sampler, jobs, work, rank=rank, world=world, annotate=annotate)
@@ -304,7 +383,7 @@ def generate_records(
     return [r for r in read_generations(work) if r["id"] in wanted]
 
 
-def _fields(example: Example) -> dict[str, Any]:
+def entry_fields(example: Example) -> dict[str, Any]:
     """What the store keeps of an example: its fields (and WSC's span indices)."""
     return {k: v for k, v in example.items() if k not in ("idx", "label")}
 
@@ -382,6 +461,7 @@ def select_entries(
                 soft_labels=record["soft_labels"],
                 rewards=scores[i],
                 generator=generator_id,
+                teacher_labels=record.get("teacher_labels") or {teacher_id: record["soft_labels"]},
             )
         )
     embeddings = encoder.encode([e.text for e in entries], show_progress_bar=len(entries) > 1000)
@@ -400,7 +480,7 @@ def select_entries(
 
 
 def training_entries(
-    data: TaskData, teacher: LLMTeacher, encoder: Any
+    data: TaskData, teacher: EnsembleTeacher, encoder: Any
 ) -> tuple[list[Any], np.ndarray]:
     """The real training examples as store entries with the teacher's soft labels (ReAugKD's
     store), marked ``generator=TRAIN_SOURCE``. A student never retrieves an example's own
@@ -409,16 +489,17 @@ def training_entries(
 
     task = data.task
     logger.info("teacher labels the %d training examples", len(data.train))
-    probs = teacher.label_probs(task, data.train)
+    probs, each = teacher.label_all(task, data.train)
     entries = [
         StoreEntry(
-            fields=_fields(example),
+            fields=entry_fields(example),
             text=store_text(task, example, encoder),
             requested_label=example["label"],
             soft_labels=[float(p) for p in row],
             generator=TRAIN_SOURCE,
+            teacher_labels={t: [float(p) for p in v[n]] for t, v in each.items()},
         )
-        for example, row in zip(data.train, probs, strict=True)
+        for n, (example, row) in enumerate(zip(data.train, probs, strict=True))
     ]
     embeddings = encoder.encode([e.text for e in entries], show_progress_bar=len(entries) > 1000)
     return entries, np.asarray(embeddings, dtype=np.float32)
@@ -446,7 +527,7 @@ def build_store(config: BuildConfig) -> Path:
         config.teacher_model,
         config.teacher_prompt.steps,
     )
-    teacher, teacher_info = prepare_teacher(config, data, rank)
+    teacher, teacher_info, teachers, combination = prepare_teachers(config, data, rank)
     generate = config.store_examples != "train"
     adapter, records = None, []
     if generate:
@@ -489,6 +570,11 @@ def build_store(config: BuildConfig) -> Path:
         entries += generated
         embeddings = np.concatenate([embeddings, vectors])
         stats.update(generation_stats)
+    if config.rationales:
+        from retrikt.generator.rationales import write_rationales
+
+        logger.info("[5/5] rationales for %d entries by %s", len(entries), config.rationale_llm)
+        stats["rationales"] = write_rationales(config, task, task_key(task), data.train, entries)
     logger.info("%s: %s", task.name, stats)
     generator_info = {
         "id": generator_id,
@@ -509,6 +595,8 @@ def build_store(config: BuildConfig) -> Path:
         dim=encoder.dim,
         generator=generator_info,
         teacher=teacher_info,
+        teachers=teachers,
+        combination=combination,
     )
     store.add(entries, embeddings)
     store.save()

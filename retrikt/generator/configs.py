@@ -12,6 +12,7 @@ from pathlib import Path
 from retrikt.config import Config, option
 from retrikt.errors import ConfigError
 from retrikt.models import cache_dir as default_cache_dir
+from retrikt.teachers.ensemble import RULES
 
 #: RL refinements of the generator prompt (:func:`retrikt.generator.rl.refine`).
 RL_METHODS = ("ppo", "grpo", "none")
@@ -103,8 +104,28 @@ class BuildConfig(Config):
     teacher: str | None = option(
         None,
         "teacher: an LLM preset or folder (soft-prompt tuned here; default: the generator), a "
-        "`retrikt train-teacher` folder, or any HF sequence classifier (folder or hub id)",
+        "`retrikt train-teacher` folder, or any HF sequence classifier (folder or hub id); "
+        "several, comma-separated (a,b,c), make a multi-teacher store: every entry keeps each "
+        "teacher's soft labels and its label is their --teacher-combination",
     )
+    teacher_combination: str = option(
+        "mean",
+        "how several teachers' soft labels make the store's label: their mean; weighted by "
+        "each teacher's score on the training examples held out from every tuned teacher "
+        "(heldout); per example by each teacher's confidence; or a pooling learned on those "
+        "held-out examples (see retrikt.teachers.ensemble)",
+        choices=RULES,
+    )
+    rationales: bool = option(
+        False,
+        "have an LLM write, for every stored example, a short explanation of why its label "
+        "holds (given the label and two explained examples of the task; TinyLLM); kept in "
+        "the store and shown by predict and serve",
+    )
+    rationale_model: str | None = option(
+        None, "LLM that writes the rationales: preset, HF folder or hub id (default: generator)"
+    )
+    rationale_tokens: int = option(48, "token limit per rationale", min=1)
     encoder: str = option("minilm-l6", "student encoder that embeds the entries")
     samples_per_label: int = option(100, "examples generated per label", min=1)
     store_examples: str = option(
@@ -142,8 +163,21 @@ class BuildConfig(Config):
             setattr(self, name, replace(getattr(self, name), seed=self.seed))
 
     @property
+    def teacher_models(self) -> list[str]:
+        """Every teacher given (``--teacher a,b,c``), else the generator."""
+        specs = [s.strip() for s in (self.teacher or "").split(",") if s.strip()]
+        return specs or [self.generator]
+
+    @property
     def teacher_model(self) -> str:
-        return self.teacher or self.generator
+        """The first (or only) teacher."""
+        return self.teacher_models[0]
+
+    @property
+    def rationale_llm(self) -> str:
+        return self.rationale_model or self.generator
+
+    LATER_OPTIONS = ("teacher_combination", "rationales", "rationale_model", "rationale_tokens")
 
     @property
     def cache(self) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,7 @@ class TaskContext:
     def _build_spec(self, rl: str, examples: str = "both", tuned: bool = True) -> dict[str, Any]:
         from retrikt.teachers.loading import tuned_folder_id
 
-        build = asdict(self.build_config(rl, examples=examples, tuned=tuned))
+        build = self.build_config(rl, examples=examples, tuned=tuned).key_dict()
         for local in ("out", "data_dir", "cache_dir", "overwrite"):
             build.pop(local)
         if build["teacher"]:  # a teacher is its weights, wherever its folder lies

@@ -103,7 +103,7 @@ class StudentMethod(Method):
         )
 
     def spec(self, ctx: TaskContext, seed: int | None) -> dict[str, Any]:
-        train = self.train_config(ctx, seed).to_dict()
+        train = self.train_config(ctx, seed).key_dict()
         store = ctx.store_spec(self.rl, self.examples) if self.rl is not None else None
         return ctx.spec(self.name, seed, train=train, store=store, retrieve=self.retrieve)
 

@@ -59,9 +59,12 @@ class StoreEntry:
     soft_labels: list[float]  # teacher distribution over label_names; [score] for regression
     rewards: dict[str, float] = field(default_factory=dict)
     generator: str = ""  # generator id (+ prompt hash) that wrote it
-    rationale: str | None = None
+    rationale: str | None = None  # why its label holds, in words (``build-store --rationales``)
     id: str = ""  # content hash of (task, fields); set by add() when empty; the dedup key
     source: str = ""  # store_id of the store it was first added to; set by add(), kept by merge
+    #: Each teacher's own soft labels by teacher id (``soft_labels`` is their combination,
+    #: see ``retrikt.teachers.ensemble``); empty in stores of format 1.
+    teacher_labels: dict[str, list[float]] = field(default_factory=dict)
 
 
 def entry_id(task: str, fields: dict[str, Any]) -> str:
@@ -72,20 +75,37 @@ def entry_id(task: str, fields: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
 
 
-def _entries_schema(regression: bool, num_labels: int) -> pa.Schema:
-    return pa.schema(
-        [
-            ("id", pa.string()),
-            ("text", pa.string()),
-            ("fields", pa.string()),  # JSON object: tasks differ in field names and types
-            ("requested_label", pa.float64() if regression else pa.int64()),
-            ("soft_labels", pa.list_(pa.float32(), num_labels)),
-            ("rewards", pa.map_(pa.string(), pa.float64())),
-            ("generator", pa.string()),
-            ("source", pa.string()),
-            ("rationale", pa.string()),
-        ]
-    )
+#: The column format 2 added: each teacher's soft labels by teacher id.
+TEACHER_LABELS = "teacher_labels"
+
+
+def _entries_schema(
+    regression: bool, num_labels: int, format_version: int = FORMAT_VERSION
+) -> pa.Schema:
+    columns = [
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("fields", pa.string()),  # JSON object: tasks differ in field names and types
+        ("requested_label", pa.float64() if regression else pa.int64()),
+        ("soft_labels", pa.list_(pa.float32(), num_labels)),
+        ("rewards", pa.map_(pa.string(), pa.float64())),
+        ("generator", pa.string()),
+        ("source", pa.string()),
+        ("rationale", pa.string()),
+    ]
+    if format_version >= 2:
+        columns.append((TEACHER_LABELS, pa.map_(pa.string(), pa.list_(pa.float32()))))
+    return pa.schema(columns)
+
+
+def _upgrade(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A format-1 entries table in the current schema: the columns it lacks are null."""
+    for name in schema.names:
+        if name not in table.schema.names:
+            table = table.append_column(
+                schema.field(name), pa.nulls(table.num_rows, schema.field(name).type)
+            )
+    return table.select(schema.names)
 
 
 def _row_to_entry(row: dict[str, Any]) -> StoreEntry:
@@ -99,6 +119,7 @@ def _row_to_entry(row: dict[str, Any]) -> StoreEntry:
         rationale=row["rationale"],
         id=row["id"],
         source=row["source"],
+        teacher_labels={k: [float(v) for v in probs] for k, probs in row[TEACHER_LABELS] or []},
     )
 
 
@@ -241,6 +262,20 @@ def _common(values: list[Any]) -> Any:
     return distinct[0] if len(distinct) == 1 else {"merged": distinct}
 
 
+def _all_teachers(stores: Sequence[KnowledgeStore]) -> list[dict[str, Any]] | None:
+    """Every teacher of the stores, once by id (a format-1 store's ``teacher`` counts)."""
+    found: dict[str, dict[str, Any]] = {}
+    for store in stores:
+        manifest = store._manifest
+        listed = manifest.get("teachers") or []
+        single = manifest.get("teacher")
+        if not listed and isinstance(single, dict) and single.get("id"):
+            listed = [single]
+        for teacher in listed:
+            found.setdefault(str(teacher.get("id")), teacher)
+    return list(found.values()) or None
+
+
 def _writer_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -283,11 +318,16 @@ class KnowledgeStore:
         generator: dict | None = None,
         teacher: dict | None = None,
         index: str = "auto",
+        teachers: list[dict] | None = None,
+        combination: dict | None = None,
     ) -> KnowledgeStore:
         """A new, empty store saved at ``path`` (a new or empty folder).
 
         ``label_names`` is None for regression tasks (soft labels are then ``[score]``);
         ``normalized`` means vectors are unit length so inner product is cosine similarity.
+        ``teachers`` lists every teacher whose labels the entries keep (id, model, weights
+        digest, held-out score) and ``combination`` how ``soft_labels`` combine them
+        (``retrikt.teachers.ensemble.Combination.to_dict``).
         """
         store = cls._new(
             path,
@@ -299,6 +339,8 @@ class KnowledgeStore:
             generator=generator,
             teacher=teacher,
             index=index,
+            teachers=teachers,
+            combination=combination,
         )
         store._publish()
         return store
@@ -316,6 +358,8 @@ class KnowledgeStore:
         generator: Any,
         teacher: Any,
         index: str,
+        teachers: list[dict] | None = None,
+        combination: dict | None = None,
     ) -> KnowledgeStore:
         """A store in memory only, bound for ``path``; ``_publish`` writes it there whole."""
         root = Path(path)
@@ -325,7 +369,12 @@ class KnowledgeStore:
         choose_index(index, 0, dim)  # rejects unknown kinds before touching the disk
         if label_names is not None and len(label_names) < 1:
             raise StoreError("label_names is empty; pass None for a regression task")
-        for name, value in (("generator", generator), ("teacher", teacher)):
+        for name, value in (
+            ("generator", generator),
+            ("teacher", teacher),
+            ("teachers", teachers),
+            ("combination", combination),
+        ):
             try:
                 json.dumps(value)
             except TypeError as err:
@@ -343,6 +392,8 @@ class KnowledgeStore:
             "encoder": {"id": encoder_id, "dim": dim, "normalized": bool(normalized)},
             "generator": generator,
             "teacher": teacher,
+            "teachers": teachers,
+            "combination": combination,
             "entry_count": 0,
             "index": {"requested": index},
             "sources": [],
@@ -469,13 +520,15 @@ class KnowledgeStore:
         _check_file(entries_path, files[ENTRIES_NAME], verify, raw)
         table = _parse_entries(entries_path, raw)
         labels = manifest["label_names"]
-        expected = _entries_schema(labels is None, len(labels) if labels is not None else 1)
+        regression, width = labels is None, len(labels) if labels is not None else 1
+        expected = _entries_schema(regression, width, manifest["format_version"])
         if not table.schema.equals(expected):
             raise StoreError(
                 f"{entries_path} does not have the columns the manifest implies "
                 f"({len(labels or [None])} soft-label values per row for labels {labels}): "
                 f"it has {_describe(table.schema)}"
             )
+        table = _upgrade(table, _entries_schema(regression, width))
         vectors_path = folder / VECTORS_NAME
         _check_file(vectors_path, files[VECTORS_NAME], verify, None)
         try:
@@ -644,12 +697,18 @@ class KnowledgeStore:
                 raise StoreError(f"entry {i} is a {type(entry).__name__}, not a StoreEntry")
             if not isinstance(entry.fields, dict) or not isinstance(entry.text, str):
                 raise StoreError(f"entry {i}: fields must be a dict and text a string")
+            wanted = f"labels {names}" if names is not None else "one score (regression)"
             if len(entry.soft_labels) != self.num_labels:
-                wanted = f"labels {names}" if names is not None else "one score (regression)"
                 raise StoreError(
                     f"entry {i}: soft_labels has {len(entry.soft_labels)} values but task "
                     f"{self.task!r} has {wanted}"
                 )
+            for teacher, probs in entry.teacher_labels.items():
+                if len(probs) != self.num_labels:
+                    raise StoreError(
+                        f"entry {i}: teacher {teacher!r} has {len(probs)} label values but "
+                        f"task {self.task!r} has {wanted}"
+                    )
             label = entry.requested_label
             if names is not None and (
                 isinstance(label, bool)
@@ -672,6 +731,9 @@ class KnowledgeStore:
             columns["generator"].append(entry.generator)
             columns["source"].append(entry.source or self.store_id)
             columns["rationale"].append(entry.rationale)
+            columns[TEACHER_LABELS].append(
+                [(str(t), [float(v) for v in probs]) for t, probs in entry.teacher_labels.items()]
+            )
         return pa.table(columns, schema=self._table.schema)
 
     def _append(self, table: pa.Table, vectors: np.ndarray) -> int:
@@ -753,8 +815,9 @@ class KnowledgeStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         fs.fsync_path(root)
-        manifest = dict(self._manifest)
+        manifest = {"teachers": None, "combination": None, **self._manifest}
         manifest.update(
+            format_version=FORMAT_VERSION,  # a format-1 store opened here is saved upgraded
             version=version,
             updated=_now(),
             entry_count=len(self),
@@ -864,6 +927,8 @@ class KnowledgeStore:
             generator=_common([s._manifest["generator"] for s in sources]),
             teacher=_common([s._manifest["teacher"] for s in sources]),
             index=index,
+            teachers=_all_teachers(sources),
+            combination=_common([s._manifest.get("combination") for s in sources]),
         )
         for source in sources:
             added = merged._append(source._table, source.embeddings())
@@ -976,6 +1041,8 @@ class KnowledgeStore:
             generator=self._manifest["generator"],
             teacher=self._manifest["teacher"],
             index=self.requested_index,
+            teachers=self._manifest.get("teachers"),
+            combination=self._manifest.get("combination"),
         )
         new._append(self._table, vectors)
         new._manifest["sources"] = copy.deepcopy(self._manifest["sources"])

@@ -21,7 +21,11 @@ from retrikt.errors import StoreError
 from retrikt.store.files import sha256_bytes, write_atomic
 
 FORMAT_NAME = "retrikt-knowledge-store"
-FORMAT_VERSION = 1
+#: 2 added the entries' ``teacher_labels`` column (each teacher's soft labels) and the
+#: manifest's ``teachers`` and ``combination``. Format 1 stores still open (read as having
+#: no per-teacher labels) and are written as format 2 when saved again; a RetriKT that
+#: reads only format 1 refuses a format 2 store by its version, not by a schema error.
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 ENTRIES_NAME = "entries.parquet"
 VECTORS_NAME = "vectors.npy"
@@ -75,10 +79,10 @@ class CondensedRecord(_Strict):
 
 
 class Manifest(_Strict):
-    """Every key of a format-1 manifest (see knowledge_store/README.md)."""
+    """Every key of a format-1 or format-2 manifest (see knowledge_store/README.md)."""
 
     format: Literal["retrikt-knowledge-store"]
-    format_version: Literal[1]
+    format_version: Literal[1, 2]
     store_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
     version: int = Field(ge=1)
     created: _Name
@@ -88,6 +92,8 @@ class Manifest(_Strict):
     encoder: EncoderRecord
     generator: Any
     teacher: Any
+    teachers: list[dict[str, Any]] | None = None  # format 2: every teacher the entries keep
+    combination: dict[str, Any] | None = None  # format 2: how soft_labels combine them
     entry_count: int = Field(ge=0)
     index: IndexRecord
     sources: list[dict[str, Any]]

@@ -61,6 +61,9 @@ class RetrievalConfig(Config):
     store_manifest_sha256: str = option("", "DIR/store's manifest checksum when it was saved")
     source: dict[str, Any] = option(default_factory=dict, help="the store it was trained from")
     tuning: dict[str, Any] = option(default_factory=dict, help="how k, mix were chosen")
+    rationale_keys: bool = option(
+        False, "keys embed each entry's input with its rationale appended"
+    )
 
 
 @dataclass
@@ -84,6 +87,8 @@ class StudentConfig(Config):
         data = super().to_dict()
         if data["task_spec"] is None:
             del data["task_spec"]  # students of built-in tasks stay readable by older RetriKT
+        if data["retrieval"] is not None and not data["retrieval"]["rationale_keys"]:
+            del data["retrieval"]["rationale_keys"]  # the same for students without it
         return data
 
     @classmethod
@@ -146,6 +151,18 @@ class TrainConfig(Config):
     tune_fraction: float = option(
         0.15, "share of the training examples held out by --tune-retrieval", min=0.01, below=1
     )
+    # --- rationales (a store built with --rationales)
+    rationale_loss: float = option(
+        0.0,
+        "weight of an auxiliary loss pulling each training input's embedding towards the "
+        "embedding of its rationale in the store (0: off)",
+        min=0,
+    )
+    rationale_keys: bool = option(
+        False, "store keys embed each entry's input with its rationale appended"
+    )
+
+    LATER_OPTIONS = ("rationale_loss", "rationale_keys")
 
 
 @dataclass

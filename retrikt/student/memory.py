@@ -68,10 +68,13 @@ class Memory:
         texts: list[str],
         soft_labels: np.ndarray,
         keys: np.ndarray,
+        rationales: list[str | None] | None = None,
     ):
         self.task = task
         self.fields = fields
         self.texts = texts
+        #: Why each row's label holds (``build-store --rationales``), None where not written.
+        self.rationales = rationales if rationales is not None else [None] * len(texts)
         self.rows: list[StoreEntry] | None = None  # entries to write, until the store is saved
         self.origins = [origin_key(task, f) for f in fields]
         if task.head == CHOICE:
@@ -87,26 +90,37 @@ class Memory:
     def from_rows(cls, task: Task, rows: Sequence[StoreEntry], dim: int) -> Memory:
         soft = np.array([r.soft_labels for r in rows], dtype=np.float32).reshape(len(rows), -1)
         keys = np.zeros((len(rows), dim), dtype=np.float32)
-        memory = cls(task, [r.fields for r in rows], [r.text for r in rows], soft, keys)
+        memory = cls(
+            task, [r.fields for r in rows], [r.text for r in rows], soft, keys,
+            [r.rationale for r in rows],
+        )  # fmt: skip
         memory.rows = list(rows)
         return memory
 
     @classmethod
     def from_store(cls, task: Task, store: KnowledgeStore) -> Memory:
         fields = [json.loads(f) for f in store.column("fields").to_pylist()]
-        memory = cls(task, fields, store.texts(), store.soft_label_matrix(), store.embeddings())
+        memory = cls(
+            task, fields, store.texts(), store.soft_label_matrix(), store.embeddings(),
+            store.column("rationale").to_pylist(),
+        )  # fmt: skip
         memory.store = store
         return memory
 
     def __len__(self) -> int:
         return len(self.texts)
 
-    def inputs(self) -> list[EncoderInput]:
-        """What each row's key embeds: the entry's input, or for COPA its choice's input."""
+    def inputs(self, rationales: bool = False) -> list[EncoderInput]:
+        """What each row's key embeds: the entry's input, or for COPA its choice's input;
+        with ``rationales`` the row's rationale is appended to the input's last text."""
         inputs = []
-        for fields in self.fields:
+        for fields, rationale in zip(self.fields, self.rationales, strict=True):
             choice = int(fields.get(CHOICE_FIELD, 0))
-            inputs.append(self.task.encoder_inputs({**fields, "label": None})[choice])
+            item = self.task.encoder_inputs({**fields, "label": None})[choice]
+            if rationales and rationale:
+                text, pair = item
+                item = (text, f"{pair} {rationale}") if pair else (f"{text} {rationale}", None)
+            inputs.append(item)
         return inputs
 
     def label(self, row: int) -> str:

@@ -65,7 +65,7 @@ from retrikt.student.config import (
 )
 from retrikt.student.memory import Memory, memory_rows
 from retrikt.student.onnx import OnnxEncoder, is_exported, load_encoder
-from retrikt.tasks import CLASSIFICATION, SCORE, EncoderInput, Example, Task, get_task
+from retrikt.tasks import CHOICE, CLASSIFICATION, SCORE, EncoderInput, Example, Task, get_task
 from retrikt.user_task import restore_task, saved_spec
 
 #: Head parameters renamed since format 1 (old name -> new name).
@@ -81,6 +81,7 @@ class Neighbour:
     similarity: float
     weight: float  # its share of the neighbour vote
     choice: str | None = None  # COPA: the choice whose input retrieved it
+    rationale: str | None = None  # why its label holds (a store built with --rationales)
 
 
 @dataclass
@@ -91,6 +92,9 @@ class Prediction:
     probs: dict[str, float] | None = None
     score: float | None = None
     neighbours: list[Neighbour] = field(default_factory=list)
+    #: The rationales of the neighbours that vote for the answer, heaviest first (a store
+    #: built with ``--rationales``; empty otherwise).
+    explanation: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,6 +113,20 @@ class RawOutputs:
 class ForwardOutput:
     outputs: torch.Tensor  # logits (n, C) / choice logits (n, choices) / score units (n, 1)
     pooled: torch.Tensor  # (n_inputs, hidden) mean-pooled states, one per encoder input
+
+
+def explanation(task: Task, prediction: Prediction) -> list[str]:
+    """The rationales of the neighbours whose label is the answer (for COPA: plausible
+    neighbours of the chosen choice), heaviest first, each once."""
+    if task.head == CHOICE:
+        supports = lambda n: n.choice == prediction.label and n.label == "plausible"  # noqa: E731
+    else:
+        supports = lambda n: n.label == prediction.label  # noqa: E731
+    found: list[str] = []
+    for neighbour in sorted(prediction.neighbours, key=lambda n: -n.weight):
+        if neighbour.rationale and supports(neighbour) and neighbour.rationale not in found:
+            found.append(neighbour.rationale)
+    return found
 
 
 # ---------------------------------------------------------------------------- model
@@ -242,7 +260,8 @@ class RetriKT(nn.Module):
         assert memory is not None, "attach_store first"
         if memory.rows is None and memory.store is not None:  # a loaded student trains on
             memory.rows = memory.store.entries()
-        memory.keys = self.embed_inputs(memory.inputs(), batch_size)
+        rationales = self.config.retrieval is not None and self.config.retrieval.rationale_keys
+        memory.keys = self.embed_inputs(memory.inputs(rationales), batch_size)
         memory.store = None  # the saved copy (if any) holds stale keys now
 
     # -------------------------------------------------------------- saving
@@ -489,6 +508,7 @@ class RetriKT(nn.Module):
                         raw.rows[i * per + j], raw.sims[i * per + j], weights[i * per + j],
                         self.task.label_names[j] if per > 1 and self.task.label_names else None,
                     )  # fmt: skip
+            prediction.explanation = explanation(self.task, prediction)
             predictions.append(prediction)
         return predictions
 
@@ -503,6 +523,7 @@ class RetriKT(nn.Module):
                 similarity=round(float(s), 6),
                 weight=round(float(w), 6),
                 choice=choice,
+                rationale=self.memory.rationales[r],
             )
             for r, s, w in zip(rows, sims, weights, strict=True)
             if r >= 0
