@@ -146,6 +146,14 @@ class TrainConfig(Config):
     tune_fraction: float = option(
         0.15, "share of the training examples held out by --tune-retrieval", min=0.01, below=1
     )
+    # --- hidden-state distillation (retrikt.student.hidden)
+    hidden_teacher: str | None = option(
+        None,
+        "also match every student layer's pooled output to a teacher layer's (student layer "
+        "i <-> teacher layer round((i+1)*L_t/L_s), through learned projections): a "
+        "`retrikt train-teacher --tuning lora|full` folder or an HF sequence classifier",
+    )
+    hidden_weight: float = option(1.0, "weight of the hidden-state loss", min=0)
 
 
 @dataclass
