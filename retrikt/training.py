@@ -268,12 +268,12 @@ def train(
             batch = [examples[i] for i in indices]
             out = model(model.tokenize(batch), len(batch), layers=hidden is not None)
             losses = {}
-            if hidden is not None:
-                assert out.layers is not None
-                losses["hidden"] = config.hidden_weight * hidden(out.layers, batch)
             if retrieval:
                 dist = model.distribution(out.outputs)
                 losses = retrieval_objectives(model, out.pooled, dist, batch, config)
+            if hidden is not None:
+                assert out.layers is not None
+                losses["hidden"] = config.hidden_weight * hidden(out.layers, batch)
             if "combined" not in losses:
                 losses["task"] = model.task_loss(out.outputs, batch)
             if distill:

@@ -169,7 +169,7 @@ def synthetic_states(task, examples, layers=3, width=16) -> TeacherStates:
     return TeacherStates("synthetic", states.astype(np.float16), index)
 
 
-def test_hidden_state_loss_decreases_in_the_training_loop():
+def test_hidden_state_loss_decreases_in_the_training_loop(tmp_path):
     task = get_task("cb")
     examples = cb_pool()
     student = RetriKT.from_encoder(task, "minilm-l6:1")
@@ -177,6 +177,13 @@ def test_hidden_state_loss_decreases_in_the_training_loop():
     config = TrainConfig(task="cb", epochs=12, batch_size=12, lr=1e-4, seed=0)
     history = train(student, examples, config, hidden=hidden)
     assert "hidden" in history[0] and history[-1]["hidden"] < 0.85 * history[0]["hidden"]
+    # Beside the retrieval objectives too (they build their own dict of losses).
+    store = labelled_store(task, examples, tmp_path / "store")
+    student.attach_store(store, k=2)
+    history = train(
+        student, examples, TrainConfig(task="cb", epochs=1, batch_size=12), hidden=hidden
+    )
+    assert {"hidden", "combined", "retrieval"} <= set(history[0])
     with pytest.raises(RetriktError, match="no teacher hidden states"):
         hidden.states.lookup(task, [{"premise": "unseen", "hypothesis": "x", "label": 0}])
 
