@@ -165,8 +165,7 @@ def run_task(task: Task, args: argparse.Namespace, cache: ArtefactCache) -> dict
         }  # fmt: skip
 
     winner = Architecture.from_dict(search["winner"]["architecture"])
-    init = json.loads((Path(search["student"]["path"]) / "config.json").read_text())
-    rows = [student_rows("searched", winner, init["training"]["encoder"])]
+    rows = [student_rows("searched", winner, search["student"]["encoder_init"])]
     for layers in range(1, 7):
         rows.append(student_rows("truncated", Architecture(layers, 12, 32, 1536),
                                  f"minilm-l6:{layers}"))  # fmt: skip

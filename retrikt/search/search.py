@@ -431,21 +431,27 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
 def final_student(searcher: Searcher, winner: dict[str, Any], cache: ArtefactCache) -> dict:
     """The winner distilled on the whole training split, copied to ``OUT/student``.
 
-    Made once per (settings, architecture) in the cache, beside its sliced initialisation
-    (``encoder-init``), so a search that grows and changes its winner keeps both students.
+    Made once per (settings, architecture) in the cache from its sliced initialisation (a
+    cache unit of its own, ``searched-inits``: the student's config names it as its encoder),
+    so a search that grows and changes its winner keeps both students.
     """
     arch = Architecture.from_dict(winner["architecture"])
     config = searcher.train_config(searcher.config.epochs)
     spec = {"settings": searcher.settings_key(), "architecture": arch.to_dict(),
             "train": config.to_dict() | {"encoder": None, "store": None}}  # fmt: skip
 
+    def make_init(folder: Path) -> dict[str, Any]:
+        save_encoder(searcher.candidate(arch), folder)
+        return {}
+
+    init, _ = cache.ensure("searched-inits", arch.name, spec, make_init)
+    config.encoder, config.log_every = str(init), 20
+
     def make(folder: Path) -> dict[str, Any]:
-        init = save_encoder(searcher.candidate(arch), folder / "encoder-init")
-        config.encoder, config.log_every = str(init), 20
         result = train_student(config, searcher.config.data_dir, folder / "student", cache=cache)
         return {"metrics": result.metrics, "train_seconds": round(result.seconds, 1)}
 
-    folder, info = cache.ensure("searched-students", arch.name, spec, make)
+    folder, info = cache.ensure("searched-students", arch.name, {**spec, "init": str(init)}, make)
     target = searcher.out / "student"
     marker = target / "searched.json"
     if not marker.is_file() or json.loads(marker.read_text()).get("from") != str(folder):
@@ -453,5 +459,5 @@ def final_student(searcher: Searcher, winner: dict[str, Any], cache: ArtefactCac
             shutil.rmtree(target)
         shutil.copytree(folder / "student", target)
         write_json_atomic(marker, {"from": str(folder), "architecture": arch.to_dict()})
-    return {"path": str(target), "architecture": arch.to_dict(), "metrics": info["metrics"],
-            "train_seconds": info["train_seconds"]}  # fmt: skip
+    return {"path": str(target), "encoder_init": str(init), "architecture": arch.to_dict(),
+            "metrics": info["metrics"], "train_seconds": info["train_seconds"]}  # fmt: skip
