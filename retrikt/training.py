@@ -63,11 +63,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from retrikt.cache import ArtefactCache
 from retrikt.errors import ConfigError, RetriktError
 from retrikt.retrieval import mix_neighbours, neighbour_logits
 from retrikt.store import KnowledgeStore, StoreEntry
 from retrikt.student import RetriKT, evaluate_model
 from retrikt.student.config import TrainConfig
+from retrikt.student.hidden import HiddenStateLoss, teacher_states
 from retrikt.tasks import CHOICE, SCORE, Example, Task, get_task
 
 logger = logging.getLogger(__name__)
@@ -125,10 +127,19 @@ def length_grouped_batches(
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _optimizer(model: RetriKT, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases, LayerNorms and the retrieval temperature."""
+def _optimizer(
+    model: RetriKT, config: TrainConfig, extra: nn.Module | None = None
+) -> torch.optim.Optimizer:
+    """AdamW without weight decay on biases, LayerNorms and the retrieval temperature.
+
+    ``extra`` (the hidden-state projections) starts from random weights, as the head does,
+    and trains at the head's learning rate.
+    """
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
-    for name, param in model.named_parameters():
+    named = list(model.named_parameters())
+    if extra is not None:
+        named += [(f"extra.{name}", param) for name, param in extra.named_parameters()]
+    for name, param in named:
         if not param.requires_grad:
             continue
         lr = config.lr if name.startswith("encoder.") else config.head_lr
@@ -209,7 +220,13 @@ def retrieval_objectives(
 def distill_loss(model: RetriKT, entries: Sequence[StoreEntry]) -> torch.Tensor:
     """The model's own prediction on store entries against their teacher soft labels."""
     examples = [{**e.fields, "label": None} for e in entries]
-    outputs = model(model.tokenize(examples), len(examples)).outputs
+    return soft_label_loss(model, model(model.tokenize(examples), len(examples)).outputs, entries)
+
+
+def soft_label_loss(
+    model: RetriKT, outputs: torch.Tensor, entries: Sequence[StoreEntry]
+) -> torch.Tensor:
+    """KL from the entries' teacher soft labels to the head's ``outputs`` (MSE for scores)."""
     soft = torch.tensor([e.soft_labels for e in entries], dtype=torch.float32)
     if model.config.head == SCORE:
         units = (soft[:, 0] - model.score_center) / model.score_scale
@@ -268,11 +285,14 @@ def train(
     examples: list[Example],
     config: TrainConfig,
     store_entries: Sequence[StoreEntry] = (),
+    hidden: HiddenStateLoss | None = None,
 ) -> list[dict[str, float]]:
     """Fine-tune ``model`` in place; returns each step's losses.
 
     With a store attached (``model.attach_store``) the retrieval objectives are added and
-    ``store_entries`` (the source store's entries) feed the distillation batches.
+    ``store_entries`` (the source store's entries) feed the distillation batches. With
+    ``hidden`` the student's layers are also pulled to the teacher's hidden states
+    (weighted by ``config.hidden_weight``; its projections train with the model).
     """
     from transformers import get_linear_schedule_with_warmup
 
@@ -285,7 +305,7 @@ def train(
         )
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
     total = steps_per_epoch * config.epochs
-    optimizer = _optimizer(model, config)
+    optimizer = _optimizer(model, config, hidden)
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(config.warmup_ratio * total), max(total, 1)
     )
@@ -303,11 +323,14 @@ def train(
         model.train()
         for indices in length_grouped_batches(lengths, config.batch_size, generator):
             batch = [examples[i] for i in indices]
-            out = model(model.tokenize(batch), len(batch))
+            out = model(model.tokenize(batch), len(batch), layers=hidden is not None)
             losses = {}
             if retrieval:
                 dist = model.distribution(out.outputs)
                 losses = retrieval_objectives(model, out.pooled, dist, batch, config)
+            if hidden is not None:
+                assert out.layers is not None
+                losses["hidden"] = config.hidden_weight * hidden(out.layers, batch)
             if "combined" not in losses:
                 losses["task"] = model.task_loss(out.outputs, batch)
             if rationales is not None:
@@ -322,7 +345,10 @@ def train(
                 losses["distill"] = distill_loss(model, [store_entries[i] for i in chosen])
             loss = sum(losses.values())
             loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            nn.utils.clip_grad_norm_(
+                [p for group in optimizer.param_groups for p in group["params"]],
+                config.max_grad_norm,
+            )
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -412,9 +438,12 @@ def train_student(
     data_dir: str | os.PathLike | None,
     out: str | os.PathLike,
     eval_split: str = "validation",
+    cache: ArtefactCache | None = None,
 ) -> TrainResult:
     """Train a student for ``config.task`` (with ``config.store``: the RetriKT student), save
-    it to ``out`` and score it on ``eval_split``, writing ``out/eval_results.json``."""
+    it to ``out`` and score it on ``eval_split``, writing ``out/eval_results.json``.
+
+    ``cache`` keeps the hidden-state teacher's states (``config.hidden_teacher``) on disk."""
     from transformers import set_seed
 
     task: Task = get_task(config.task)
@@ -446,7 +475,11 @@ def train_student(
         config.epochs, config.batch_size, config.max_length, config.seed,
     )  # fmt: skip
     model.config.training = config.to_dict()
-    history = train(model, train_examples, config, store_entries)
+    hidden = None
+    if config.hidden_teacher is not None:
+        states = teacher_states(config.hidden_teacher, task, train_examples, cache=cache)
+        hidden = HiddenStateLoss(states, task, model.num_layers, model.hidden_size)
+    history = train(model, train_examples, config, store_entries, hidden)
     if tune_examples:
         tune_retrieval(model, tune_examples)
     seconds = time.perf_counter() - started

@@ -20,6 +20,7 @@ _COMMAND_MODULES = [
     "train_teacher",
     "build_store",
     "train_student",
+    "search_student",
     "export",
     "predict",
     "evaluate",

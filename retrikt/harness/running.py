@@ -26,6 +26,7 @@ from retrikt.harness.artefacts import TaskContext
 from retrikt.harness.methods import METHODS, Fitted, Method
 from retrikt.harness.report import write_report
 from retrikt.harness.scales import HarnessConfig
+from retrikt.latency import batch1_times_ms, percentiles_ms
 from retrikt.student.evaluation import label_predictions
 from retrikt.tasks import Example, Task, get_task
 
@@ -44,21 +45,13 @@ def measure(task: Task, fitted: Fitted, examples: list[Example], latency_n: int)
     probs = fitted.predict(examples)
     eval_seconds = time.perf_counter() - started
     metrics = task.evaluate(label_predictions(task, probs), examples)
-    timed = examples[: max(latency_n, 0)]
-    for example in timed[:3]:  # warm-up: first calls allocate buffers and fill caches
-        fitted.predict([example])
-    times = []
-    for example in timed:
-        started = time.perf_counter()
-        fitted.predict([example])
-        times.append((time.perf_counter() - started) * 1000)
+    times = batch1_times_ms(fitted.predict, examples[: max(latency_n, 0)])
     return {
         "metrics": metrics,
         "score": float(np.mean(list(metrics.values()))),
         "eval_examples": len(examples),
         "eval_seconds": round(eval_seconds, 2),
-        "latency_ms_p50": round(float(np.percentile(times, 50)), 2) if times else None,
-        "latency_ms_p95": round(float(np.percentile(times, 95)), 2) if times else None,
+        **percentiles_ms(times),
     }
 
 

@@ -161,8 +161,16 @@ class TrainConfig(Config):
     rationale_keys: bool = option(
         False, "store keys embed each entry's input with its rationale appended"
     )
+    # --- hidden-state distillation (retrikt.student.hidden)
+    hidden_teacher: str | None = option(
+        None,
+        "also match every student layer's pooled output to a teacher layer's (student layer "
+        "i <-> teacher layer round((i+1)*L_t/L_s), through learned projections): a "
+        "`retrikt train-teacher --tuning lora|full` folder or an HF sequence classifier",
+    )
+    hidden_weight: float = option(1.0, "weight of the hidden-state loss", min=0)
 
-    LATER_OPTIONS = ("rationale_loss", "rationale_keys")
+    LATER_OPTIONS = ("rationale_loss", "rationale_keys", "hidden_teacher", "hidden_weight")
 
 
 @dataclass

@@ -113,6 +113,9 @@ class RawOutputs:
 class ForwardOutput:
     outputs: torch.Tensor  # logits (n, C) / choice logits (n, choices) / score units (n, 1)
     pooled: torch.Tensor  # (n_inputs, hidden) mean-pooled states, one per encoder input
+    #: With ``layers=True``: every transformer layer's output, mean-pooled like ``pooled``
+    #: (a tuple of num_layers tensors (n_inputs, hidden); the embeddings are left out).
+    layers: tuple[torch.Tensor, ...] | None = None
 
 
 def explanation(task: Task, prediction: Prediction) -> list[str]:
@@ -191,6 +194,11 @@ class RetriKT(nn.Module):
             max_length=max_length,
         )
         return cls._load(config, resolved.path, local, **resolved.config_overrides)
+
+    @property
+    def num_layers(self) -> int:
+        """Transformer layers of the encoder (a PyTorch one)."""
+        return int(self.encoder.auto_model.config.num_hidden_layers)
 
     @property
     def store(self) -> KnowledgeStore | None:
@@ -386,9 +394,36 @@ class RetriKT(nn.Module):
         """Mean-pooled token states, one row per encoder input (sentence-transformers' pooling)."""
         return self.pooling(self.encoder(dict(features)))["sentence_embedding"]
 
-    def forward(self, features: dict[str, torch.Tensor], n_examples: int) -> ForwardOutput:
-        pooled = self.embed(features)
-        return ForwardOutput(self.head(self.dropout(pooled)).view(n_examples, -1), pooled)
+    def embed_layers(
+        self, features: dict[str, Any]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The pooled embedding and every layer's mean-pooled output (hidden-state distillation).
+
+        Hidden states are switched on for this call only, as sentence-transformers'
+        ``AdaptiveLayerLoss`` does, so the saved config keeps ``output_hidden_states`` off.
+        """
+        config = self.encoder.auto_model.config
+        before, config.output_hidden_states = config.output_hidden_states, True
+        try:
+            encoded = self.encoder(dict(features))
+        finally:
+            config.output_hidden_states = before
+        mask = encoded["attention_mask"].unsqueeze(-1).float()  # (n, tokens, 1)
+        layers = tuple(
+            (states * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+            for states in encoded["all_layer_embeddings"][1:]
+        )
+        return self.pooling(encoded)["sentence_embedding"], layers
+
+    def forward(
+        self, features: dict[str, torch.Tensor], n_examples: int, layers: bool = False
+    ) -> ForwardOutput:
+        """Head outputs and pooled embeddings; ``layers`` adds every layer's pooled output."""
+        if layers:
+            pooled, states = self.embed_layers(features)
+        else:
+            pooled, states = self.embed(features), None
+        return ForwardOutput(self.head(self.dropout(pooled)).view(n_examples, -1), pooled, states)
 
     def task_loss(self, outputs: torch.Tensor, examples: Sequence[Example]) -> torch.Tensor:
         """Cross-entropy on gold labels, or MSE on the rescaled score for regression."""

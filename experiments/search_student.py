@@ -1,0 +1,316 @@
+"""Searched students against ``minilm-l6:N`` truncations at equal latency (issue 14).
+
+Per task: a store of the training split labelled by the tuned teacher (``retrikt
+build-store --store-examples train``); ``retrikt search-student`` on it (seed 0) with the
+same teacher's hidden states; the winner's architecture retrained from its sliced
+initialisation with every seed; ``minilm-l6:N`` for every N, trained the same way (store,
+logit and hidden-state distillation, same epochs and seeds); every student's p50 latency
+at batch 1 (tokenisation and retrieval included, one thread, the same inputs) from the
+search's latency cache; and the teacher's own latency at batch 1 on those inputs. The
+report gives validation scores (mean ± sd over seeds), each student's speedup over the
+teacher and its share of the teacher's score, the truncation nearest in latency to the
+searched student, and the fastest student at >= 90% of the teacher's score::
+
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/search_student.py --data-dir ../shared/data \\
+        --tasks cb --teacher cb=experiments/cache/teachers/cb/qwen-lora --budget cb=10
+
+Every unit (store, teacher states, search trials, trained students, latencies) is cached
+under ``--cache-dir``; a killed run resumes, and the report is rewritten after each task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on a server
+import matplotlib.pyplot as plt  # noqa: E402
+
+from retrikt.cache import ArtefactCache, key, write_json_atomic  # noqa: E402
+from retrikt.harness.artefacts import data_fingerprint  # noqa: E402
+from retrikt.latency import batch1_times_ms, percentiles_ms  # noqa: E402
+from retrikt.search.config import SearchConfig  # noqa: E402
+from retrikt.search.latency import cached_latency, machine  # noqa: E402
+from retrikt.search.search import run_search, search_data  # noqa: E402
+from retrikt.student.slicing import Architecture  # noqa: E402
+from retrikt.student_folder import load_student  # noqa: E402
+from retrikt.tasks import Task, get_task  # noqa: E402
+
+logger = logging.getLogger("search_student")
+
+
+def pairs(text: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in text.split(",") if item)
+
+
+def score(task: Task, metrics: dict[str, float]) -> float:
+    """The mean of the task's official metrics (the harness's score), x100."""
+    return 100 * statistics.mean(metrics[name] for name in task.metric_names)
+
+
+def build_store(cache: ArtefactCache, task: Task, teacher: str, args: argparse.Namespace) -> str:
+    """The training split labelled by the teacher (no generation), built once."""
+    from retrikt.generator.build import build_store as build
+    from retrikt.generator.configs import BuildConfig
+    from retrikt.teachers.loading import tuned_folder_id
+
+    spec = {"task": task.name, "teacher": tuned_folder_id(teacher),
+            "data": data_fingerprint(task, args.data_dir), "encoder": "minilm-l6"}  # fmt: skip
+
+    def make(folder: Path) -> dict[str, Any]:
+        started = time.perf_counter()
+        build(BuildConfig(task=task.name, out=str(folder / "store"), data_dir=args.data_dir,
+                          teacher=teacher, store_examples="train",
+                          cache_dir=str(folder / "build")))  # fmt: skip
+        return {"seconds": round(time.perf_counter() - started, 1)}
+
+    folder, _ = cache.ensure("stores", f"{task.name}-train", spec, make)
+    return str(folder / "store")
+
+
+def train_one(
+    cache: ArtefactCache, config: Any, data_dir: str | None, label: str
+) -> tuple[Path, dict]:
+    """One trained student (cached): its folder and what training scored."""
+    from retrikt.training import train_student
+
+    def make(folder: Path) -> dict[str, Any]:
+        result = train_student(config, data_dir, folder / "student", cache=cache)
+        return {"metrics": result.metrics, "train_seconds": round(result.seconds, 1)}
+
+    spec = {"train": config.to_dict(), "encoder_id": _encoder_identity(config.encoder)}
+    folder, info = cache.ensure("students", label, spec, make)
+    return folder / "student", info
+
+
+def _encoder_identity(encoder: str) -> str:
+    """A local encoder folder is named by its weights, not its path."""
+    path = Path(encoder)
+    if path.is_dir():
+        return key([p.name + str(p.stat().st_size) for p in sorted(path.rglob("*.safetensors"))])
+    return encoder
+
+
+def teacher_latency(
+    cache: ArtefactCache, teacher: str, task: Task, timed: list[dict], threads: int
+) -> dict[str, Any]:
+    """The teacher's p50 at batch 1 on the same inputs (``label_probs`` of one example)."""
+    import torch
+
+    from retrikt.teachers.loading import load_teacher, tuned_folder_id
+
+    def make(_folder: Path) -> dict[str, Any]:
+        model = load_teacher(teacher, batch_size=1)
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            times = batch1_times_ms(lambda exs: model.label_probs(task, exs), timed)
+        finally:
+            torch.set_num_threads(before)
+        return percentiles_ms(times)
+
+    spec = {"teacher": tuned_folder_id(teacher), "task": task.name, "inputs": key(timed),
+            "threads": threads, "machine": machine()}  # fmt: skip
+    _, info = cache.ensure("latency", f"teacher-{task.name}", spec, make)
+    return info
+
+
+def run_task(task: Task, args: argparse.Namespace, cache: ArtefactCache) -> dict[str, Any]:
+    from retrikt.student import TrainConfig
+
+    teacher = pairs(args.teacher)[task.name]
+    hidden_teacher = pairs(args.hidden_teacher).get(task.name, teacher)
+    store = pairs(args.store).get(task.name) or build_store(cache, task, teacher, args)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    search_config = SearchConfig(
+        task=task.name, store=store, latency_budget_ms=float(pairs(args.budget)[task.name]),
+        out=str(Path(args.cache_dir) / "searches" / f"{task.name}-{args.init}"),
+        teacher=hidden_teacher, trials=args.trials, data_dir=args.data_dir, init=args.init,
+        proxy_size=args.proxy_size, proxy_epochs=args.proxy_epochs, epochs=args.epochs,
+        latency_examples=args.latency_examples, seed=seeds[0], cache_dir=args.cache_dir,
+    )  # fmt: skip
+    started = time.perf_counter()
+    search = run_search(search_config)
+    search_seconds = time.perf_counter() - started
+    timed = search_data(search_config).timed
+
+    def train_config(encoder: str, seed: int) -> Any:
+        return TrainConfig(task=task.name, encoder=encoder, epochs=args.epochs, seed=seed,
+                           store=store, hidden_teacher=hidden_teacher)  # fmt: skip
+
+    def student_rows(method: str, arch: Architecture, encoder: str) -> dict[str, Any]:
+        runs, folder = [], None
+        for seed in seeds:
+            folder, info = train_one(cache, train_config(encoder, seed), args.data_dir,
+                                     f"{task.name}-{arch.name}-{method}-seed{seed}")  # fmt: skip
+            runs.append({"seed": seed, "score": score(task, info["metrics"]),
+                         "train_seconds": info["train_seconds"]})  # fmt: skip
+        student = load_student(folder)
+        timing = cached_latency(cache, arch, student, timed, 1)
+        scores = [r["score"] for r in runs]
+        return {
+            "method": method, "architecture": arch.name, "hidden": arch.hidden,
+            "params_m": sum(p.numel() for p in student.parameters()) / 1e6,
+            "latency_ms": timing["latency_ms_p50"], "score": statistics.mean(scores),
+            "sd": statistics.stdev(scores) if len(scores) > 1 else 0.0, "runs": runs,
+        }  # fmt: skip
+
+    winner = Architecture.from_dict(search["winner"]["architecture"])
+    rows = [student_rows("searched", winner, search["student"]["encoder_init"])]
+    for layers in range(1, 7):
+        rows.append(student_rows("truncated", Architecture(layers, 12, 32, 1536),
+                                 f"minilm-l6:{layers}"))  # fmt: skip
+    teacher_results = json.loads((Path(teacher) / "eval_results.json").read_text())
+    reference = {
+        "score": score(task, teacher_results["validation"]),
+        **teacher_latency(cache, teacher, task, timed, 1),
+    }
+    for row in rows:
+        row["speedup"] = reference["latency_ms_p50"] / row["latency_ms"]
+        row["of_teacher"] = row["score"] / reference["score"]
+    searched = rows[0]
+    nearest = min(rows[1:], key=lambda r: abs(r["latency_ms"] - searched["latency_ms"]))
+    good = [r for r in rows if r["of_teacher"] >= 0.9]
+    return {
+        "task": task.name,
+        "store": store,
+        "teacher": teacher,
+        "hidden_teacher": hidden_teacher,
+        "budget_ms": search_config.latency_budget_ms,
+        "search": {"trials": len(search["trials"]), "winner": winner.name,
+                   "seconds_this_run": round(search_seconds, 1), "out": search_config.out,
+                   "front": search["front"], "recommended": search["recommended"],
+                   "trial_seconds": sum(t["seconds"] or 0 for t in search["trials"])},
+        "teacher_ref": reference,
+        "rows": rows,
+        "nearest_truncation": nearest["architecture"],
+        "fastest_at_90": max(good, key=lambda r: r["speedup"]) if good else None,
+    }  # fmt: skip
+
+
+def write_report(results: list[dict], args: argparse.Namespace, command: str) -> None:
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out.with_suffix(".json"), {"command": command, "machine": machine(),
+                                                 "tasks": results})  # fmt: skip
+    lines = [
+        "# Searched students against minilm-l6:N truncations",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        f"Machine: {machine()['cpu']}, {machine()['cores']} cores shared with other jobs. "
+        "Score = mean of the task's official metrics on the validation split x100, mean ± sd "
+        "over seeds; every student is trained the same way (store of the training split "
+        "labelled by the teacher, retrieval objectives, logit and hidden-state distillation "
+        f"from the teacher, {args.epochs} epochs). Latency = p50 at batch 1 over "
+        f"{args.latency_examples} training inputs, tokenisation and retrieval included, one "
+        "thread; the teacher is timed on the same inputs.",
+        "",
+    ]
+    for r in results:
+        ref, search = r["teacher_ref"], r["search"]
+        lines += [
+            f"## {r['task']}",
+            "",
+            f"Search: {search['trials']} trials ({search['trial_seconds']:.0f} s of trials; "
+            f"{search['seconds_this_run']:.0f} s this run), budget {r['budget_ms']} ms, winner "
+            f"**{search['winner']}**; teacher `{r['teacher']}`: {ref['score']:.1f}, "
+            f"p50 {ref['latency_ms_p50']:.1f} ms.",
+            "",
+            "| student | architecture | params (M) | p50 ms | score | of teacher | speedup |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for row in r["rows"]:
+            lines.append(
+                f"| {row['method']} | {row['architecture']} | {row['params_m']:.1f} | "
+                f"{row['latency_ms']:.2f} | {row['score']:.1f} ± {row['sd']:.1f} | "
+                f"{100 * row['of_teacher']:.0f}% | {row['speedup']:.1f}x |"
+            )
+        fast = r["fastest_at_90"]
+        lines += [
+            "",
+            f"Truncation nearest in latency to the searched student: {r['nearest_truncation']}. "
+            + (f"Fastest student at >= 90% of the teacher's score: {fast['method']} "
+               f"{fast['architecture']}, {fast['speedup']:.1f}x faster than the teacher."
+               if fast else "No student reaches 90% of the teacher's score."),
+            "",
+        ]  # fmt: skip
+    out.with_suffix(".md").write_text("\n".join(lines))
+    plot(results, out.with_suffix(".png"))
+
+
+def plot(results: list[dict], path: Path) -> None:
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
+    for ax, r in zip(axes[0], results, strict=True):
+        trunc = sorted((x for x in r["rows"] if x["method"] == "truncated"),
+                       key=lambda x: x["latency_ms"])  # fmt: skip
+        ax.errorbar([x["latency_ms"] for x in trunc], [x["score"] for x in trunc],
+                    yerr=[x["sd"] for x in trunc], marker="o", label="minilm-l6:N")  # fmt: skip
+        for x in trunc:
+            ax.annotate(x["architecture"].split("-")[0], (x["latency_ms"], x["score"]), fontsize=7)
+        s = next(x for x in r["rows"] if x["method"] == "searched")
+        ax.errorbar([s["latency_ms"]], [s["score"]], yerr=[s["sd"]], marker="*", ms=14,
+                    ls="", label=f"searched {s['architecture']}")  # fmt: skip
+        ref = r["teacher_ref"]
+        ax.axhline(
+            ref["score"], ls="--", c="0.4", label=f"teacher ({ref['latency_ms_p50']:.0f} ms)"
+        )
+        ax.axhline(0.9 * ref["score"], ls=":", c="0.6", label="90% of teacher")
+        ax.axvline(r["budget_ms"], ls="--", c="C3", label="budget")
+        ax.set_xlabel("p50 latency at batch 1 (ms)")
+        ax.set_ylabel("validation score")
+        ax.set_title(r["task"])
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", help="folder holding superglue/ and glue/")
+    parser.add_argument("--tasks", default="cb")
+    parser.add_argument("--teacher", required=True, help="TASK=train-teacher folder,...")
+    parser.add_argument("--hidden-teacher", default="", help="TASK=DIR (default: --teacher)")
+    parser.add_argument("--store", default="", help="TASK=store (default: built)")
+    parser.add_argument("--budget", required=True, help="TASK=ms,... latency budgets")
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--proxy-size", type=int, default=64)
+    parser.add_argument("--proxy-epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--init", default="slice", choices=("slice", "random"))
+    parser.add_argument("--latency-examples", type=int, default=30)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for training")
+    parser.add_argument("--cache-dir", default="experiments/cache/search_student")
+    parser.add_argument("--out", default="experiments/results/search_student")
+    args = parser.parse_args()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )  # fmt: skip
+    from retrikt.training import set_threads
+
+    set_threads(args.threads)
+    command = "OMP_NUM_THREADS=1 .venv/bin/python " + shlex.join(["experiments/search_student.py",
+                                                                   *sys.argv[1:]])  # fmt: skip
+    cache = ArtefactCache(args.cache_dir)
+    results = []
+    for name in args.tasks.split(","):
+        results.append(run_task(get_task(name), args, cache))
+        write_report(results, args, command)
+
+
+if __name__ == "__main__":
+    main()
