@@ -270,6 +270,19 @@ def test_merge_keeps_each_stores_teachers_and_each_entrys_labels(tmp_path):
     }
 
 
+def test_a_condensed_multi_teacher_store_keeps_the_teachers_and_each_entrys_labels(tmp_path):
+    combination = {"rule": "mean"}
+    _store(tmp_path / "s", teachers=TEACHERS, combination=combination)
+    code = main(["store", "condense", str(tmp_path / "s"), "--out", str(tmp_path / "c"),
+                 "--ratio", "0.6", "--method", "random"])  # fmt: skip
+    assert code == 0
+    condensed = KnowledgeStore.open(tmp_path / "c")
+    assert condensed.verify().entry_count == 3  # one of each label
+    assert condensed.manifest["teachers"] == TEACHERS
+    assert condensed.manifest["combination"] == combination
+    assert all(set(e.teacher_labels) == {A, B} for e in condensed.entries())
+
+
 def test_store_info_shows_the_teachers_their_agreement_and_training_scores(tmp_path, capsys):
     combination = Combination("heldout", [A, B], [0.6, 0.4], None, {"examples": 4,
                               "scores": {A: 0.75, B: 0.25}}).to_dict()  # fmt: skip

@@ -958,8 +958,8 @@ class KnowledgeStore:
     ) -> KnowledgeStore:
         """A new store at ``out`` holding the entries at ``rows``, in that order, saved.
 
-        Task, labels, encoder, generator, teacher and each entry's id and provenance are
-        kept, and the vectors are copied rather than re-embedded. ``condensed_from`` is the
+        Task, labels, encoder, generator, teacher(s) with their combination, and each entry's
+        id, provenance and per-teacher labels are kept, and the vectors are copied rather than re-embedded. ``condensed_from`` is the
         manifest's lineage record (``retrikt.condense`` writes it). Written like ``merge``:
         whole, beside ``out``, then renamed into place.
         """
@@ -979,6 +979,8 @@ class KnowledgeStore:
             generator=self._manifest["generator"],
             teacher=self._manifest["teacher"],
             index=self.requested_index,
+            teachers=self._manifest.get("teachers"),
+            combination=self._manifest.get("combination"),
         )
         new._append(self._table.take(rows), np.ascontiguousarray(self.embeddings()[rows]))
         new._manifest["sources"] = copy.deepcopy(self._manifest["sources"])
