@@ -949,6 +949,25 @@ class KnowledgeStore:
         merged.save()
         return merged
 
+    def _derived(self, out: str | os.PathLike, encoder_id: str, dim: int) -> KnowledgeStore:
+        """An empty new store at ``out`` with this one's metadata, teachers and sources: the
+        start of ``subset`` and ``reindex`` (which may change the encoder)."""
+        new = KnowledgeStore._new(
+            out,
+            task=self.task,
+            label_names=self.label_names,
+            encoder_id=encoder_id,
+            dim=dim,
+            normalized=self.normalized,
+            generator=self._manifest["generator"],
+            teacher=self._manifest["teacher"],
+            index=self.requested_index,
+            teachers=self._manifest.get("teachers"),
+            combination=self._manifest.get("combination"),
+        )
+        new._manifest["sources"] = copy.deepcopy(self._manifest["sources"])
+        return new
+
     def subset(
         self,
         rows: Sequence[int] | np.ndarray,
@@ -959,9 +978,9 @@ class KnowledgeStore:
         """A new store at ``out`` holding the entries at ``rows``, in that order, saved.
 
         Task, labels, encoder, generator, teacher(s) with their combination, and each entry's
-        id, provenance and per-teacher labels are kept, and the vectors are copied rather than re-embedded. ``condensed_from`` is the
-        manifest's lineage record (``retrikt.condense`` writes it). Written like ``merge``:
-        whole, beside ``out``, then renamed into place.
+        id, provenance and per-teacher labels are kept, and the vectors are copied rather than
+        re-embedded. ``condensed_from`` is the manifest's lineage record (``retrikt.condense``
+        writes it). Written like ``merge``: whole, beside ``out``, then renamed into place.
         """
         rows = np.asarray(rows, dtype=np.int64)
         if rows.ndim != 1 or (len(rows) and not 0 <= rows.min() <= rows.max() < len(self)):
@@ -969,21 +988,8 @@ class KnowledgeStore:
                 f"rows to keep of {self.path} must be positions 0..{len(self) - 1}, got "
                 f"{rows.tolist()[:5]}..."
             )
-        new = KnowledgeStore._new(
-            out,
-            task=self.task,
-            label_names=self.label_names,
-            encoder_id=self.encoder_id,
-            dim=self.dim,
-            normalized=self.normalized,
-            generator=self._manifest["generator"],
-            teacher=self._manifest["teacher"],
-            index=self.requested_index,
-            teachers=self._manifest.get("teachers"),
-            combination=self._manifest.get("combination"),
-        )
+        new = self._derived(out, self.encoder_id, self.dim)
         new._append(self._table.take(rows), np.ascontiguousarray(self.embeddings()[rows]))
-        new._manifest["sources"] = copy.deepcopy(self._manifest["sources"])
         if self._manifest.get("reindexed_from") is not None:
             new._manifest["reindexed_from"] = copy.deepcopy(self._manifest["reindexed_from"])
         if condensed_from is not None:
@@ -1033,21 +1039,8 @@ class KnowledgeStore:
             self._dirty = True
             self.save()
             return self
-        new = KnowledgeStore._new(
-            out,
-            task=self.task,
-            label_names=self.label_names,
-            encoder_id=encoder_id,
-            dim=dim,
-            normalized=self.normalized,
-            generator=self._manifest["generator"],
-            teacher=self._manifest["teacher"],
-            index=self.requested_index,
-            teachers=self._manifest.get("teachers"),
-            combination=self._manifest.get("combination"),
-        )
+        new = self._derived(out, encoder_id, dim)
         new._append(self._table, vectors)
-        new._manifest["sources"] = copy.deepcopy(self._manifest["sources"])
         new._manifest["reindexed_from"] = {"path": str(self.path), **reindexed_from}
         new.save()
         return new
