@@ -248,6 +248,9 @@ def write_report(rows: list[dict[str, Any]], runs: dict[str, TaskRun], args) -> 
         f"{args.threads} torch thread(s) on a 2-core machine shared with other jobs: "
         "times are indicative.",
         "",
+        f"**{len(rows)} of {args.total_units} units finished** (units run in the order of "
+        "`--first-methods`, `--first-sizes`, seed; rerun the command to add the rest).",
+        "",
     ]
     data: dict[str, Any] = {"command": lines[5], "tasks": {}}
     for name, run in runs.items():
@@ -407,6 +410,7 @@ def main() -> None:
     set_threads(args.threads)
     cache = ArtefactCache(args.cache_dir)
     runs = {task: TaskRun(task, args, cache) for task in args.tasks}
+    args.total_units = len(units(args))
     # Everything cached goes into the report first, so a rerun's report is never partial.
     rows: list[dict[str, Any]] = []
     todo: list[Unit] = []
