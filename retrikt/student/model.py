@@ -408,9 +408,8 @@ class RetriKT(nn.Module):
             encoded = self.encoder(dict(features))
         finally:
             config.output_hidden_states = before
-        mask = encoded["attention_mask"].unsqueeze(-1).float()  # (n, tokens, 1)
-        layers = tuple(
-            (states * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        layers = tuple(  # each layer pooled by the student's own pooling module
+            self.pooling({**encoded, "token_embeddings": states})["sentence_embedding"]
             for states in encoded["all_layer_embeddings"][1:]
         )
         return self.pooling(encoded)["sentence_embedding"], layers
