@@ -32,49 +32,13 @@ from retrikt.generator.build import (
     load_task_data,
     prepare_generator,
     prepare_teacher,
+    prepare_teachers,
     score_records,
 )
 from retrikt.generator.configs import RLConfig, SamplingConfig, SoftPromptConfig
+from retrikt.generator.quality import QUALITY_COLUMNS, sample_quality
 
 logger = logging.getLogger("generator_report")
-
-
-def distinct_n(texts: list[str], n: int) -> float:
-    """Unique n-grams over all n-grams of the texts (lower-cased words)."""
-    grams = Counter()
-    for text in texts:
-        words = text.lower().split()
-        grams.update(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
-    return len(grams) / max(sum(grams.values()), 1)
-
-
-def setting_metrics(task, data, records, encoder, teacher_id, near_duplicate) -> dict:
-    scores = score_records(task, records, encoder, data.train, teacher_id, near_duplicate)
-    valid = [(r, s) for r, s in zip(records, scores, strict=True) if s["validity"] > 0]
-    metrics = {"generated": len(records), "validity": len(valid) / max(len(records), 1)}
-    if not valid:
-        return metrics
-    texts = [task.render(r["fields"]) for r, _ in valid]
-    if task.is_regression:
-        agree = [abs(r["soft_labels"][0] - r["label"]) < 0.5 for r, _ in valid]
-    else:
-        agree = [int(np.argmax(r["soft_labels"])) == r["label"] for r, _ in valid]
-    vectors = encoder.encode(texts)
-    train_vectors = encoder.encode([task.render(ex) for ex in data.train])
-    nearest_train = (vectors @ train_vectors.T).max(axis=1)
-    n = len(vectors)
-    pairwise = (vectors @ vectors.T)[~np.eye(n, dtype=bool)].mean() if n > 1 else float("nan")
-    metrics.update(
-        agreement=float(np.mean(agree)),
-        p_requested=float(np.mean([s["accuracy"] for _, s in valid])),
-        distinct_1=distinct_n(texts, 1),
-        distinct_2=distinct_n(texts, 2),
-        pairwise_cosine=float(pairwise),
-        nearest_train=float(nearest_train.mean()),
-        copies=float((nearest_train >= near_duplicate).mean()),
-        duplicates=float(np.mean([s["diversity"] == 0 for _, s in valid])),
-    )
-    return metrics
 
 
 def rl_summary(adapter: Path | None) -> str:
@@ -105,19 +69,6 @@ def example_lines(task, records, scores_by_id, k: int, seed: int) -> list[str]:
         dup = " (duplicate)" if scores_by_id[r["id"]]["diversity"] == 0 else ""
         lines.append(f"- asked **{wanted}**, {verdict}{dup}: {task.render(r['fields'])}")
     return lines
-
-
-COLUMNS = [
-    ("validity", "valid"),
-    ("agreement", "teacher agrees"),
-    ("p_requested", "p(requested)"),
-    ("distinct_1", "distinct-1"),
-    ("distinct_2", "distinct-2"),
-    ("pairwise_cosine", "mean pairwise cos"),
-    ("nearest_train", "nearest-train cos"),
-    ("copies", "copies (>= 0.95)"),
-    ("duplicates", "duplicates"),
-]
 
 
 def render(command: str, args, sections: list[str], teacher_rows: list[str]) -> str:
@@ -158,7 +109,8 @@ def render(command: str, args, sections: list[str], teacher_rows: list[str]) -> 
             "between valid examples (lower = more varied); *nearest-train cos* = mean cosine to",
             "the closest training example (high = copying); *copies* = share at or above 0.95 to",
             "a training example; *duplicates* = share that are exact or near (>= 0.95) duplicates",
-            "of a training example or an earlier generated one (dropped by build-store).",
+            "of a training example or an earlier generated one (dropped by build-store);",
+            "*yield* = share of all outputs that are valid, agreed and not duplicates.",
             "",
             *sections,
         ]
@@ -219,7 +171,7 @@ def main() -> None:
         data = load_task_data(base)
         task = data.task
         _, zero_shot = prepare_teacher(replace(base, teacher_prompt=prompt), data)
-        teacher, info = prepare_teacher(base, data)
+        teacher, info, _, _ = prepare_teachers(base, data)
         metric = task.metric_names[0]
         val = info["validation"]
         golds = Counter(ex["label"] for ex in data.validation)
@@ -235,16 +187,16 @@ def main() -> None:
             "soft prompt + PPO": replace(base, generator_prompt=tuned, rl="ppo"),
         }
         table = [
-            "| setting | generated | " + " | ".join(title for _, title in COLUMNS) + " |",
-            "|---" * (len(COLUMNS) + 2) + "|",
+            "| setting | generated | " + " | ".join(title for _, title in QUALITY_COLUMNS) + " |",
+            "|---" * (len(QUALITY_COLUMNS) + 2) + "|",
         ]
         shown: list[str] = []
         notes: list[str] = []
         for label, config in settings.items():
             adapter = prepare_generator(config, data, teacher, info)
             records = generate_records(config, data, adapter, teacher)
-            m = setting_metrics(task, data, records, encoder, teacher.id, config.near_duplicate)
-            cells = [f"{m[key]:.3f}" if key in m else "-" for key, _ in COLUMNS]
+            m = sample_quality(data, records, encoder, teacher.id, config.near_duplicate)
+            cells = [f"{m[key]:.3f}" if key in m else "-" for key, _ in QUALITY_COLUMNS]
             table.append(f"| {label} | {m['generated']} | " + " | ".join(cells) + " |")
             if summary := rl_summary(adapter if config.rl != "none" else None):
                 notes.append(f"{label}: {summary}.")

@@ -222,8 +222,18 @@ def test_cache_keys_hold_what_each_method_depends_on(tmp_path, data_dir, cb_stor
     assert method_key("retrikt", **built) != method_key(
         "retrikt", **built, scale=replace(TINY, samples_per_label=8)
     )
+    assert method_key("retrikt", **built) != method_key(
+        "retrikt", **built, scale=replace(TINY, temperature=1.0)
+    )
     ctx = TaskContext(_config(tmp_path, data_dir, cb_store, **built), cache, get_task("cb"))
     assert ctx.store_spec("ppo") != ctx.store_spec("none")  # RL or not: two stores
+    # The scale's sampler is the one the store's generator and its RL rollouts use.
+    hot = TaskContext(
+        _config(tmp_path, data_dir, cb_store, **built, scale=replace(TINY, top_p=0.5)),
+        cache,
+        get_task("cb"),
+    )
+    assert hot.build_config("ppo").sampling.top_p == 0.5
 
 
 def test_cli_arguments_build_the_config(tmp_path):

@@ -85,7 +85,12 @@ class TaskContext:
         row). The build's own stage cache (teacher prompt, generator prompt, RL,
         generations) lives under the harness cache too, so stores share their prompts.
         """
-        from retrikt.generator.configs import BuildConfig, RLConfig, SoftPromptConfig
+        from retrikt.generator.configs import (
+            BuildConfig,
+            RLConfig,
+            SamplingConfig,
+            SoftPromptConfig,
+        )
 
         scale = self.scale
         teacher = self.tuned_teacher if tuned else None
@@ -102,6 +107,7 @@ class TaskContext:
             generator_prompt=SoftPromptConfig(steps=scale.prompt_steps),
             teacher_prompt=SoftPromptConfig(steps=scale.teacher_steps),
             rl_config=RLConfig(steps=scale.rl_steps),
+            sampling=SamplingConfig(temperature=scale.temperature, top_p=scale.top_p),
             train_limit=scale.train_limit,
             cache_dir=str(self.cache.root / "build"),
             overwrite=True,  # a store left by a run killed before done.json is rebuilt

@@ -44,6 +44,9 @@ class Scale(Config):
     latency_examples: int = option(
         help="validation examples timed one at a time for the latency column", min=0
     )
+    # The generator's sampler; experiments/sampling_sweep.py measures the choice.
+    temperature: float = option(0.8, "the generator's sampling temperature", min=1e-3)
+    top_p: float = option(0.95, "the generator's nucleus sampling mass", min=0.01, max=1)
 
     def describe(self) -> str:
         train = "all" if self.train_limit is None else f"at most {self.train_limit}"
@@ -58,7 +61,8 @@ class Scale(Config):
             f"{self.epochs} epochs at batch {self.batch_size}, max length {self.max_length}; "
             f"stores ask for {self.samples_per_label} generated examples per label (teacher "
             f"prompt {self.teacher_steps} steps, generator prompt {self.prompt_steps} steps, "
-            f"RL {self.rl_steps} steps, all tuned on the same training subset); SetFit "
+            f"RL {self.rl_steps} steps, all tuned on the same training subset; sampled at "
+            f"temperature {self.temperature}, top-p {self.top_p}); SetFit "
             f"uses {self.setfit_iterations} pair iterations; latency is the p50 over "
             f"{self.latency_examples} examples at batch 1"
         )
@@ -99,6 +103,10 @@ SCALES: dict[str, Scale] = {
         rl_steps=20,
         setfit_iterations=5,
         latency_examples=100,
+        # experiments/results/sampling.md (COPA): within noise of the best yield, the most
+        # varied examples; T 1.2 loses a quarter to two thirds of the outputs to parse errors.
+        temperature=1.0,
+        top_p=0.9,
     ),
 }
 
