@@ -118,6 +118,17 @@ def test_report_caching_and_resume(tmp_path, data_dir, cb_store, monkeypatch):
     run_harness(replace(config, seeds=[0], scale=replace(TINY, epochs=2)))
     assert (trains.calls, fits[StudentMethod].calls, fits[KnnOnly].calls) == (3, 4, 1)
 
+    # --cached-only writes the table of what is finished and starts nothing new.
+    rows = run_harness(replace(config, seeds=[0, 1, 2], cached_only=True))
+    assert (trains.calls, fits[StudentMethod].calls, fits[KnnOnly].calls) == (3, 4, 1)
+    assert [(r["method"], r["seed"], r["status"]) for r in rows] == [
+        ("student-ft", 0, "ok"),
+        ("student-ft", 1, "ok"),
+        ("student-ft", 2, "pending"),
+        ("knn-only", None, "ok"),
+    ]
+    assert "|  | seed 2: not run yet |" in (tmp_path / "results" / "tiny.md").read_text()
+
 
 def test_failures_are_recorded_and_the_run_goes_on(tmp_path, data_dir, cb_store, monkeypatch):
     def broken(self, ctx, seed):
@@ -200,6 +211,7 @@ def test_summary_marks_missing_and_partial_runs():
     ]
     summary = {s["method"]: s for s in summarise(rows)}
     assert summary["a"]["status"] == "partial" and summary["a"]["runs"] == 1
+    assert summary["a"]["missing_seeds"] == [1] and summary["a"]["reason"] == "boom"
     assert summary["a"]["score"] == {"mean": 0.5, "std": 0.0}
     assert summary["b"] == {"task": "cb", "method": "b", "runs": 0, "status": "n/a", "reason": "no"}
 

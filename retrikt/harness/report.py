@@ -37,10 +37,11 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry["reason"] = group[0].get("reason", "")
             out.append(entry)
             continue
-        failed = [r for r in group if r["status"] != "ok"]
-        entry["status"] = "ok" if not failed else "partial"
-        if failed:
-            entry["reason"] = failed[0].get("reason", "")
+        missing = [r for r in group if r["status"] != "ok"]  # failed, or pending
+        entry["status"] = "ok" if not missing else "partial"
+        if missing:
+            entry["reason"] = missing[0].get("reason", "")
+            entry["missing_seeds"] = [r["seed"] for r in missing]
         metric_names = list(ok[0]["metrics"])
         entry["metrics"] = {
             name: {
@@ -165,8 +166,9 @@ def render_markdown(config: HarnessConfig, rows: list[dict], summary: list[dict]
                 + f" | {'—' if latency is None else f'{latency:.1f}'} |"
             )
             if entry["status"] == "partial":
+                seeds = ", ".join(map(str, entry["missing_seeds"]))
                 lines.append(
-                    f"|  | some seeds failed: {entry['reason']} |" + " |" * (len(metric_names) + 4)
+                    f"|  | seed {seeds}: {entry['reason']} |" + " |" * (len(metric_names) + 4)
                 )
     failures = [r for r in rows if r["status"] == "failed"]
     if failures:

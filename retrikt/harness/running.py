@@ -62,6 +62,8 @@ def run_method(ctx: TaskContext, method: Method, seed: int | None) -> dict[str, 
     if path.is_file():
         logger.info("cached result: %s %s seed %s", ctx.task.name, method.name, seed)
         return json.loads(path.read_text())
+    if ctx.config.cached_only:
+        return _row(ctx.task, method, seed, "pending", "not run yet")
     import torch
 
     logger.info("running %s on %s (seed %s)", method.name, ctx.task.name, seed)

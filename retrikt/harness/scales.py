@@ -45,8 +45,8 @@ class Scale(Config):
         help="validation examples timed one at a time for the latency column", min=0
     )
     # The generator's sampler; experiments/sampling_sweep.py measures the choice.
-    temperature: float = option(0.8, "the generator's sampling temperature", min=1e-3)
-    top_p: float = option(0.95, "the generator's nucleus sampling mass", min=0.01, max=1)
+    temperature: float = option(help="the generator's sampling temperature", min=1e-3)
+    top_p: float = option(help="the generator's nucleus sampling mass", min=0.01, max=1)
 
     def describe(self) -> str:
         train = "all" if self.train_limit is None else f"at most {self.train_limit}"
@@ -84,6 +84,8 @@ SCALES: dict[str, Scale] = {
         rl_steps=4,
         setfit_iterations=5,
         latency_examples=30,
+        temperature=0.8,
+        top_p=0.95,
     ),
     # The whole official training split for every method, scored on the whole validation
     # split: where RetriKT's users would use it. Stores ask for 1,000 generated examples per
@@ -136,3 +138,8 @@ class HarnessConfig(Config):
     )
     threads: int | None = option(None, "torch CPU threads", cli=False)
     command: str = option("", "the command line, for the results file", cli=False)
+    cached_only: bool = option(
+        False,
+        "write the table from the finished units in the cache and start nothing new (the rest "
+        "show as pending): the table of a run that fills in over several sessions",
+    )
