@@ -195,14 +195,14 @@ def main() -> None:
         for label, config in settings.items():
             adapter = prepare_generator(config, data, teacher, info)
             records = generate_records(config, data, adapter, teacher)
-            m = sample_quality(data, records, encoder, teacher.id, config.near_duplicate)
+            scores = score_records(
+                task, records, encoder, data.train, teacher.id, config.near_duplicate
+            )
+            m = sample_quality(data, records, scores, encoder, config.near_duplicate)
             cells = [f"{m[key]:.3f}" if key in m else "-" for key, _ in QUALITY_COLUMNS]
             table.append(f"| {label} | {m['generated']} | " + " | ".join(cells) + " |")
             if summary := rl_summary(adapter if config.rl != "none" else None):
                 notes.append(f"{label}: {summary}.")
-            scores = score_records(
-                task, records, encoder, data.train, teacher.id, config.near_duplicate
-            )
             by_id = {r["id"]: s for r, s in zip(records, scores, strict=True)}
             shown += ["", f"**{label}** (10 random outputs)", ""]
             shown += example_lines(task, records, by_id, 10, seed=0)

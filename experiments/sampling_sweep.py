@@ -34,6 +34,7 @@ from retrikt.generator.build import (
     load_task_data,
     prepare_generator,
     prepare_teachers,
+    score_records,
 )
 from retrikt.generator.quality import QUALITY_COLUMNS, choose_setting, sample_quality
 from retrikt.harness.artefacts import TaskContext
@@ -76,7 +77,10 @@ def sweep_task(task_name: str, teacher: str, args: argparse.Namespace) -> dict[s
             sampling = replace(base.sampling, temperature=temperature, top_p=top_p)
             setting = replace(base, sampling=sampling)
             records = generate_records(setting, data, adapter, teacher_model)
-            metrics = sample_quality(data, records, encoder, teacher_model.id, base.near_duplicate)
+            scores = score_records(
+                data.task, records, encoder, data.train, teacher_model.id, base.near_duplicate
+            )
+            metrics = sample_quality(data, records, scores, encoder, base.near_duplicate)
             name = setting_name(temperature, top_p)
             results[name] = {"temperature": temperature, "top_p": top_p, **metrics}
             logger.info(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrikt.generator.build import TaskData
+from retrikt.generator.build import TaskData, score_records
 from retrikt.generator.quality import choose_setting, distinct_n, sample_quality
 from retrikt.tasks import get_task
 
@@ -56,7 +56,8 @@ RECORDS = [
 
 def test_sample_quality_counts_validity_agreement_duplicates_and_yield():
     data = TaskData(RTE, [TRAIN], [])
-    m = sample_quality(data, RECORDS, FakeEncoder(), "fake-teacher", near_duplicate=0.95)
+    scores = score_records(RTE, RECORDS, FakeEncoder(), [TRAIN], "fake-teacher", 0.95)
+    m = sample_quality(data, RECORDS, scores, FakeEncoder(), near_duplicate=0.95)
 
     assert m["generated"] == 4
     assert m["validity"] == pytest.approx(3 / 4)
@@ -73,7 +74,8 @@ def test_sample_quality_counts_validity_agreement_duplicates_and_yield():
 
 def test_sample_quality_of_nothing_valid_yields_nothing():
     data = TaskData(RTE, [TRAIN], [])
-    m = sample_quality(data, RECORDS[2:3], FakeEncoder(), "fake-teacher", near_duplicate=0.95)
+    scores = score_records(RTE, RECORDS[2:3], FakeEncoder(), [TRAIN], "fake-teacher", 0.95)
+    m = sample_quality(data, RECORDS[2:3], scores, FakeEncoder(), near_duplicate=0.95)
     assert m == {"generated": 1, "validity": 0.0, "yield": 0.0}
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from retrikt.generator.build import TaskData, score_records
+from retrikt.generator.build import TaskData
 
 #: (metric key, column title) in the order the reports print them.
 QUALITY_COLUMNS = [
@@ -42,17 +42,17 @@ def distinct_n(texts: list[str], n: int) -> float:
 def sample_quality(
     data: TaskData,
     records: list[dict[str, Any]],
+    scores: list[dict[str, float]],
     encoder: Any,
-    teacher_id: str,
     near_duplicate: float,
 ) -> dict[str, float]:
-    """The quality numbers of generated ``records`` (as ``generate_records`` returns them).
+    """The quality numbers of generated ``records`` (as ``generate_records`` returns them),
+    given their reward terms (``score_records``, which callers also use to show examples).
 
     Validity is over all records; the rest over the valid ones, with embeddings from
     ``encoder`` over each whole rendered example.
     """
     task = data.task
-    scores = score_records(task, records, encoder, data.train, teacher_id, near_duplicate)
     valid = [(r, s) for r, s in zip(records, scores, strict=True) if s["validity"] > 0]
     metrics: dict[str, float] = {
         "generated": len(records),
