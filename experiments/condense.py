@@ -174,7 +174,7 @@ class TaskRun:
             return None
         path, info = found
         ctx = self.context(path)
-        if cached_only and not result_path(self.cache, self.student.spec(ctx, unit.seed)).is_file():
+        if cached_only and not result_path(ctx.units, self.student.spec(ctx, unit.seed)).is_file():
             return None
         result = run_method(ctx, self.student, unit.seed)
         return {

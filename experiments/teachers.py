@@ -5,7 +5,8 @@ it teaches. For every task and candidate this runs ``retrikt train-teacher`` (th
 training split less a 10% held-out slice for early stopping; validation is scored once at
 the end) in a process of its own, and records its wall time and peak memory (the child's
 ``ru_maxrss``). Next to it stands ``student-ft``: the harness's fine-tuned student at scale
-``full`` (whole training split, whole validation split, 3 seeds), from the harness cache.
+``full`` (whole training split, whole validation split, 3 seeds), from the harness's
+committed results (``experiments/results/units``).
 
 Every unit is cached: a finished teacher folder is reused; a killed one resumes from its last
 checkpoint (``train-teacher`` resumes), and the wall time of every attempt is summed. The
@@ -136,6 +137,7 @@ def student_ft(task: str, args: argparse.Namespace) -> dict | None:
         data_dir=args.data_dir,
         cache_dir=args.cache_dir,
         results_dir=str(Path(args.cache_dir) / "reports"),  # the table here is teachers.md
+        units_dir=str(Path(args.out).parent / "units"),  # the harness's committed results
         threads=args.threads,
     )
     rows = [r for r in run_harness(config) if r["status"] == "ok"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from retrikt.harness.methods import METHODS, KnnOnly, StudentMethod
 from retrikt.harness.report import _params, summarise
 from retrikt.harness.running import run_harness
 from retrikt.harness.scales import SCALES, HarnessConfig
+from retrikt.store import KnowledgeStore
 from retrikt.student.memory import CHOICE_FIELD, Memory
 from retrikt.tasks import get_task
 
@@ -112,7 +114,7 @@ def test_report_caching_and_resume(tmp_path, data_dir, cb_store, monkeypatch):
 
     # An interrupted run (one result lost, its trained student kept) redoes only the
     # evaluation; a changed setting redoes only the methods that depend on it.
-    next((tmp_path / "cache" / "results" / "cb" / "student-ft").glob("seed1-*.json")).unlink()
+    next((tmp_path / "results" / "units" / "cb" / "student-ft").glob("seed1-*.json")).unlink()
     run_harness(config)
     assert (trains.calls, fits[StudentMethod].calls, fits[KnnOnly].calls) == (2, 3, 1)
     run_harness(replace(config, seeds=[0], scale=replace(TINY, epochs=2)))
@@ -128,6 +130,12 @@ def test_report_caching_and_resume(tmp_path, data_dir, cb_store, monkeypatch):
         ("knn-only", None, "ok"),
     ]
     assert "|  | seed 2: not run yet |" in (tmp_path / "results" / "tiny.md").read_text()
+
+    # Another machine: the cache of models is gone, the results (committed) are kept.
+    before = run_harness(config)
+    shutil.rmtree(tmp_path / "cache")
+    assert run_harness(config) == before
+    assert (trains.calls, fits[StudentMethod].calls, fits[KnnOnly].calls) == (3, 4, 1)
 
 
 def test_failures_are_recorded_and_the_run_goes_on(tmp_path, data_dir, cb_store, monkeypatch):
@@ -246,6 +254,63 @@ def test_cache_keys_hold_what_each_method_depends_on(tmp_path, data_dir, cb_stor
         get_task("cb"),
     )
     assert hot.build_config("ppo").sampling.top_p == 0.5
+
+
+def _mixed_store(source: Path, path: Path, train: int, teacher: dict | None = None) -> Path:
+    """``source``'s entries, the first ``train`` of them marked as real training examples."""
+    store = KnowledgeStore.open(source)
+    entries = [
+        replace(e, generator="train" if i < train else "gen") for i, e in enumerate(store.entries())
+    ]
+    mixed = KnowledgeStore.create(
+        path,
+        task=store.task,
+        label_names=store.label_names,
+        encoder_id=store.encoder_id,
+        dim=store.dim,
+        teacher=teacher,
+    )
+    mixed.add(entries, store.embeddings())
+    mixed.save()
+    return path
+
+
+def test_a_given_store_stands_for_the_refined_store_and_its_parts(tmp_path, data_dir, cb_store):
+    """``--store`` is the RL-refined store of both kinds: the train-only and generated-only
+    ablations are its entries of that kind, and an ablation of another generator does not run."""
+    mixed = _mixed_store(cb_store, tmp_path / "mixed", train=10)
+    config = _config(tmp_path, data_dir, mixed)
+    ctx = TaskContext(config, ArtefactCache(tmp_path / "cache"), get_task("cb"))
+    assert ctx.store("ppo").path == mixed
+    parts = {
+        kind: KnowledgeStore.open(ctx.store("ppo", kind).path) for kind in ("train", "generated")
+    }
+    assert {k: len(s) for k, s in parts.items()} == {"train": 10, "generated": 30}
+    assert set(parts["train"].column("generator").to_pylist()) == {"train"}
+    assert parts["train"].ids() == KnowledgeStore.open(mixed).ids()[:10]
+    specs = [key(ctx.store_spec("ppo", kind)) for kind in ("both", "train", "generated")]
+    assert len(set(specs)) == 3
+    assert METHODS["retrikt-train-store"].not_applicable(ctx) is None
+    assert "one generator" in METHODS["retrikt-no-rl"].not_applicable(ctx)
+    only_generated = _mixed_store(cb_store, tmp_path / "gen", train=0)
+    ctx = TaskContext(_config(tmp_path, data_dir, only_generated), ctx.cache, get_task("cb"))
+    with pytest.raises(RetriktError, match="holds no train entries"):
+        ctx.store("ppo", "train")
+
+
+def test_the_teacher_row_is_found_by_the_store_it_labelled(tmp_path, data_dir, cb_store):
+    """On a machine without the teacher's weights its result is keyed by the id the store
+    records, so the committed result is found; with neither, the error names the folder."""
+    teacher = {"id": "tuned:cb:qwen2.5-0.5b+lora:0123456789ab", "adapter": None}
+    store = _mixed_store(cb_store, tmp_path / "mixed", train=10, teacher=teacher)
+    gone = {"teachers": {"cb": tmp_path / "gone"}}
+    ctx = TaskContext(
+        _config(tmp_path, data_dir, store, **gone), ArtefactCache(tmp_path), get_task("cb")
+    )
+    assert METHODS["teacher"].spec(ctx, None)["teacher"] == teacher["id"]
+    ctx = TaskContext(_config(tmp_path, data_dir, cb_store, **gone), ctx.cache, get_task("cb"))
+    with pytest.raises(RetriktError, match="gone does not exist"):
+        METHODS["teacher"].spec(ctx, None)
 
 
 def test_cli_arguments_build_the_config(tmp_path):

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from retrikt.cache import ArtefactCache
 from retrikt.errors import RetriktError
 from retrikt.harness.scales import HARNESS_VERSION, HarnessConfig
@@ -58,6 +60,7 @@ class TaskContext:
         self.config = config
         self.scale = config.scale
         self.cache = cache
+        self.units = Path(config.units_dir or Path(config.results_dir) / "units")
         self.task = task
         self.train = subsample(task.read("train", config.data_dir), self.scale.train_limit)
         self.eval = subsample(task.read("validation", config.data_dir), self.scale.eval_limit)
@@ -74,6 +77,27 @@ class TaskContext:
     def tuned_teacher(self) -> Path | None:
         """The task's ``retrikt train-teacher`` folder, when the run was given one."""
         return self.config.teachers.get(self.task.name)
+
+    def tuned_teacher_id(self) -> str:
+        """The tuned teacher's id (its weights' digest), read from its folder or, when that
+        folder is not on this machine, from the given store it labelled: a teacher's result
+        is then found in the committed units without the weights."""
+        from retrikt.teachers.loading import TEACHER_CONFIG, tuned_folder_id
+
+        folder = self.tuned_teacher
+        if folder is not None and (Path(folder) / TEACHER_CONFIG).is_file():
+            return tuned_folder_id(folder)
+        given = self.config.stores.get(self.task.name)
+        if given is not None:
+            from retrikt.store import KnowledgeStore
+
+            teacher = KnowledgeStore.open(given, verify=False).manifest.get("teacher") or {}
+            if str(teacher.get("id", "")).startswith("tuned:"):
+                return teacher["id"]
+        raise RetriktError(
+            f"{self.task.name}: the teacher folder {folder} does not exist (nor does a given "
+            "store name a tuned teacher)"
+        )
 
     def build_config(
         self, rl: str, out: Path | str = "", examples: str = "both", tuned: bool = True
@@ -127,14 +151,20 @@ class TaskContext:
         """What the store depends on, without building it."""
         given = self.config.stores.get(self.task.name)
         if given is not None:
-            return {"given": _store_identity(Path(given))}
+            return {"given": _store_identity(Path(given)), "examples": examples}
         return self._build_spec(rl, examples)
 
     def store(self, rl: str, examples: str = "both") -> Artefact:
-        """The task's knowledge store: given with ``--store``, or built once and cached."""
+        """The task's knowledge store: given with ``--store``, or built once and cached.
+
+        A given store stands for the RL-refined store of training and generated examples;
+        the ``train`` and ``generated`` ablations are its entries of that kind (cached).
+        """
         given = self.config.stores.get(self.task.name)
         if given is not None:
-            return Artefact(Path(given), self.store_spec(rl), 0.0)
+            if examples == "both":
+                return Artefact(Path(given), self.store_spec(rl, examples), 0.0)
+            return self._given_part(Path(given), examples)
         from retrikt.generator.build import build_store
 
         def make(folder: Path) -> dict[str, Any]:
@@ -146,6 +176,23 @@ class TaskContext:
         label = f"{self.task.name}-{rl}-{examples}"
         folder, info = self.cache.ensure("stores", label, spec, make)
         return Artefact(folder / "store", spec, info["seconds"])
+
+    def _given_part(self, given: Path, examples: str) -> Artefact:
+        """The entries of a given store that are real training examples (``train``) or not."""
+        from retrikt.store import KnowledgeStore
+
+        def make(folder: Path) -> dict[str, Any]:
+            store = KnowledgeStore.open(given)
+            is_train = np.asarray(store.column("generator").to_pylist()) == "train"
+            rows = np.flatnonzero(is_train if examples == "train" else ~is_train)
+            if not len(rows):
+                raise RetriktError(f"the store {given} holds no {examples} entries")
+            store.subset(rows, folder / "store")
+            return {"entries": len(rows)}
+
+        spec = self.store_spec("ppo", examples)
+        folder, _ = self.cache.ensure("stores", f"{self.task.name}-given-{examples}", spec, make)
+        return Artefact(folder / "store", spec, 0.0)
 
     def teacher_spec(self) -> dict[str, Any]:
         """What the tuned teacher depends on: the build settings of its stage only."""

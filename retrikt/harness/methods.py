@@ -102,6 +102,11 @@ class StudentMethod(Method):
             **self.overrides,
         )
 
+    def not_applicable(self, ctx: TaskContext) -> str | None:
+        if self.rl not in (None, "ppo") and ctx.task.name in ctx.config.stores:
+            return f"a given store (--store) has one generator; this needs the {self.rl} one"
+        return None
+
     def spec(self, ctx: TaskContext, seed: int | None) -> dict[str, Any]:
         train = self.train_config(ctx, seed).key_dict()
         store = ctx.store_spec(self.rl, self.examples) if self.rl is not None else None
@@ -187,10 +192,7 @@ class TeacherMethod(Method):
         return None
 
     def spec(self, ctx: TaskContext, seed: int | None) -> dict[str, Any]:
-        from retrikt.teachers.loading import tuned_folder_id
-
-        assert ctx.tuned_teacher is not None
-        return ctx.spec(self.name, seed, teacher=tuned_folder_id(ctx.tuned_teacher))
+        return ctx.spec(self.name, seed, teacher=ctx.tuned_teacher_id())
 
     def fit(self, ctx: TaskContext, seed: int | None) -> Fitted:
         from retrikt.teachers.loading import load_teacher, teacher_card

@@ -8,6 +8,10 @@ artefacts it was built from), through :mod:`retrikt.cache`. A rerun reuses whate
 find, an edit to one setting redoes only what depends on it, and a run killed half-way
 resumes where it stopped. The report is rewritten after every task, so an interrupted run
 still leaves a partial table.
+
+The results themselves (one small JSON per unit) live apart from the cache, in ``units_dir``
+(``experiments/results/units``), which is committed: a table then fills in over several
+sessions and machines, while models and stores stay in the local cache.
 """
 
 from __future__ import annotations
@@ -33,10 +37,10 @@ from retrikt.tasks import Example, Task, get_task
 logger = logging.getLogger(__name__)
 
 
-def result_path(cache: ArtefactCache, spec: dict[str, Any]) -> Path:
-    """Where one (task, method, seed) result is kept: named by its spec's key."""
+def result_path(units: Path, spec: dict[str, Any]) -> Path:
+    """Where one (task, method, seed) result is kept under ``units``: named by its spec's key."""
     seed = "once" if spec["seed"] is None else f"seed{spec['seed']}"
-    return cache.root / "results" / spec["task"] / spec["method"] / f"{seed}-{key(spec)}.json"
+    return units / spec["task"] / spec["method"] / f"{seed}-{key(spec)}.json"
 
 
 def measure(task: Task, fitted: Fitted, examples: list[Example], latency_n: int) -> dict:
@@ -58,7 +62,7 @@ def measure(task: Task, fitted: Fitted, examples: list[Example], latency_n: int)
 def run_method(ctx: TaskContext, method: Method, seed: int | None) -> dict[str, Any]:
     """One (task, method, seed) result, from the cache when it is there."""
     spec = method.spec(ctx, seed)
-    path = result_path(ctx.cache, spec)
+    path = result_path(ctx.units, spec)
     if path.is_file():
         logger.info("cached result: %s %s seed %s", ctx.task.name, method.name, seed)
         return json.loads(path.read_text())

@@ -127,6 +127,13 @@ class HarnessConfig(Config):
     generator: str = option("smollm2-135m", "LLM preset for stores")
     cache_dir: str = option(DEFAULT_CACHE, "where artefacts and per-seed results are cached")
     results_dir: str = option(DEFAULT_RESULTS, "where the results table is written")
+    units_dir: str | None = option(
+        None,
+        "where every finished (task, method, seed) result is kept, one small JSON file each "
+        "named by the hash of its settings (default: RESULTS_DIR/units). Commit it: the cache "
+        "of models and stores stays on one machine, these results fill the table in across "
+        "machines and sessions",
+    )
     #: Ready-made stores by task, used instead of building one (for every store-based method).
     stores: dict[str, Path] = option(
         default_factory=dict, help="ready-made stores by task", cli=False
