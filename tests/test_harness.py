@@ -298,6 +298,32 @@ def test_a_given_store_stands_for_the_refined_store_and_its_parts(tmp_path, data
         ctx.store("ppo", "train")
 
 
+def test_a_given_store_that_does_not_exist_is_built_there_first(
+    tmp_path, data_dir, cb_store, monkeypatch
+):
+    """``--store cb=DIR`` with nothing at DIR builds the store there (the scale's settings),
+    then every method keys on its identity; ``--cached-only`` builds nothing."""
+    from retrikt.generator import build
+
+    built = []
+
+    def fake_build(config):
+        built.append(config)
+        _mixed_store(cb_store, Path(config.out), train=10)
+
+    monkeypatch.setattr(build, "build_store", fake_build)
+    new = tmp_path / "stores" / "cb"
+    config = _config(tmp_path, data_dir, new, methods=["knn-only"])
+    (row,) = run_harness(replace(config, cached_only=True))
+    assert row["status"] == "pending" and not built and not new.exists()
+    (row,) = run_harness(config)
+    assert row["status"] == "ok", row
+    assert [(c.out, c.rl, c.store_examples) for c in built] == [(str(new), "ppo", "both")]
+    assert KnowledgeStore.open(new).verify().entry_count == 40
+    run_harness(config)
+    assert len(built) == 1
+
+
 def test_the_teacher_row_is_found_by_the_store_it_labelled(tmp_path, data_dir, cb_store):
     """On a machine without the teacher's weights its result is keyed by the id the store
     records, so the committed result is found; with neither, the error names the folder."""

@@ -170,7 +170,9 @@ def add_harness_arguments(parser: argparse._ActionsContainer) -> None:
         action="append",
         default=[],
         metavar="TASK=DIR",
-        help="use this ready-made store for TASK instead of building one",
+        help="the store for TASK: used as it is, or, when DIR holds none yet, built there "
+        "first (the scale's settings, labelled by --teacher). Results that use it are keyed by "
+        "its identity: keep (commit) the folder and they are found again on any machine",
     )
     parser.add_argument(
         "--teacher",

@@ -9,6 +9,7 @@ without RL share it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from retrikt.cache import ArtefactCache
 from retrikt.errors import RetriktError
 from retrikt.harness.scales import HARNESS_VERSION, HarnessConfig
 from retrikt.tasks import Task, resolve_data_source
+
+logger = logging.getLogger(__name__)
 
 
 def data_fingerprint(task: Task, data_dir: str | None) -> str:
@@ -153,6 +156,23 @@ class TaskContext:
         if given is not None:
             return {"given": _store_identity(Path(given)), "examples": examples}
         return self._build_spec(rl, examples)
+
+    def ensure_given_store(self) -> None:
+        """Build the ``--store`` folder first when it holds no store yet.
+
+        It becomes the scale's RL-refined store of training and generated examples, labelled
+        by ``--teacher``, written where it was asked for: a folder to keep (commit it), and
+        every result that uses it is keyed by its identity, wherever it is later found.
+        """
+        from retrikt.store import MANIFEST_NAME
+
+        given = self.config.stores.get(self.task.name)
+        if given is None or (Path(given) / MANIFEST_NAME).is_file():
+            return
+        from retrikt.generator.build import build_store
+
+        logger.info("%s: building the store %s (it does not exist yet)", self.task.name, given)
+        build_store(self.build_config("ppo", given, "both"))
 
     def store(self, rl: str, examples: str = "both") -> Artefact:
         """The task's knowledge store: given with ``--store``, or built once and cached.

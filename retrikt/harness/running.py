@@ -110,6 +110,8 @@ def run_harness(config: HarnessConfig, methods: dict[str, Method] | None = None)
     for task_name in config.tasks:
         task = get_task(task_name)
         ctx = TaskContext(config, cache, task)
+        if not config.cached_only:
+            ctx.ensure_given_store()
         for method in (methods[name] for name in config.methods):
             reason = method.not_applicable(ctx)
             if reason:
@@ -119,6 +121,9 @@ def run_harness(config: HarnessConfig, methods: dict[str, Method] | None = None)
                 try:
                     rows.append(run_method(ctx, method, seed))
                 except Exception as err:  # one failing method must not lose the others' hours
+                    if config.cached_only:  # e.g. its store is not built yet
+                        rows.append(_row(task, method, seed, "pending", str(err)))
+                        continue
                     logger.exception("%s failed on %s (seed %s)", method.name, task.name, seed)
                     rows.append(_row(task, method, seed, "failed", f"{type(err).__name__}: {err}"))
         write_report(config, rows)
