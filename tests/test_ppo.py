@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retrikt.generator.ppo import PPOTrainer, RLConfig, gae, group_advantages
+from retrikt.generator.ppo import PPOTrainer, RLConfig, gae, group_advantages, policy_losses
 from retrikt.generator.sampler import SamplingConfig
 from retrikt.generator.templates import END
 
@@ -93,6 +93,18 @@ def toy_config(**overrides) -> RLConfig:
 
 def toy_trainer(config: RLConfig, seed: int = 0) -> PPOTrainer:
     return PPOTrainer(toy_policy(seed), toy_tokenizer(), toy_reward, config, TOY_SAMPLING)
+
+
+def test_policy_loss_is_clipped_and_dual_clipped():
+    ratio = torch.tensor([1.0, 1.5, 0.5, 1e7, 1e7])
+    adv = torch.tensor([1.0, 1.0, -1.0, -1.0, 2.0])
+    losses = policy_losses(ratio, adv, clip=0.2, dual_clip=3.0)
+    # as is; clipped at 1 + clip; clipped at 1 - clip; dual clip caps -A * ratio at 3|A|;
+    # a positive advantage keeps the clipped ratio
+    assert losses.tolist() == pytest.approx([-1.0, -1.2, 0.8, 3.0, -2.4])
+    ratio = torch.tensor([1e7], requires_grad=True)
+    policy_losses(ratio, torch.tensor([-1.0]), 0.2, 3.0).sum().backward()
+    assert ratio.grad.item() == 0.0
 
 
 def test_gae_matches_hand_computation():

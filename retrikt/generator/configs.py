@@ -45,6 +45,12 @@ class RLConfig(Config):
     lr: float = option(3e-3, "learning rate of the soft prompt", min=0)
     value_lr: float = option(1e-3, "learning rate of PPO's value head", min=0)
     clip: float = option(0.2, "clip range of the probability ratio", min=0)
+    dual_clip: float = option(
+        3.0,
+        "dual-clip PPO (Ye et al. 2020): a token whose advantage is negative loses at most "
+        "this many times its advantage, however far its probability ratio has risen",
+        min=1,
+    )
     clip_value: float = option(0.2, "clip range of PPO's value update", min=0)
     kl_coef: float = option(0.05, "weight of the KL to the starting prompt", min=0)
     gamma: float = option(1.0, "PPO discount", min=0, max=1)

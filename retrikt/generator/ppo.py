@@ -89,6 +89,21 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
+def policy_losses(
+    ratio: torch.Tensor, advantages: torch.Tensor, clip: float, dual_clip: float
+) -> torch.Tensor:
+    """Per-token PPO clipped surrogate, with the dual clip on negative advantages.
+
+    Plain PPO leaves ``-A * ratio`` unbounded when A < 0: a token the old prompt found
+    unlikely (ratio e^15 after a few epochs) gave losses of 1e7 here on RTE. Dual-clip PPO
+    caps it at ``-dual_clip * A``; the gradient of such tokens is then zero, as for clipped
+    positive ones.
+    """
+    losses = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip))
+    capped = torch.min(losses, -dual_clip * advantages)
+    return torch.where(advantages < 0, capped, losses)
+
+
 def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mean = masked_mean(x, mask)
     var = masked_mean((x - mean) ** 2, mask)
@@ -239,8 +254,7 @@ class PPOTrainer:
         )
         ratio = torch.exp(logprobs - r.logprobs[idx])
         adv = r.advantages[idx]
-        pg_losses = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip, 1 + cfg.clip))
-        policy_loss = masked_mean(pg_losses, mask)
+        policy_loss = masked_mean(policy_losses(ratio, adv, cfg.clip, cfg.dual_clip), mask)
         if cfg.advantage == "gae":
             old_values, returns = r.values[idx], r.returns[idx]
             clipped = old_values + (values - old_values).clamp(-cfg.clip_value, cfg.clip_value)
