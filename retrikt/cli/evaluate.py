@@ -172,7 +172,7 @@ def add_harness_arguments(parser: argparse._ActionsContainer) -> None:
         metavar="TASK=DIR",
         help="the store for TASK: used as it is, or, when DIR holds none yet, built there "
         "first (the scale's settings, labelled by --teacher). Results that use it are keyed by "
-        "its identity: keep (commit) the folder and they are found again on any machine",
+        "its identity: keep the folder and they are found again wherever it goes",
     )
     parser.add_argument(
         "--teacher",

@@ -161,8 +161,8 @@ class TaskContext:
         """Build the ``--store`` folder first when it holds no store yet.
 
         It becomes the scale's RL-refined store of training and generated examples, labelled
-        by ``--teacher``, written where it was asked for: a folder to keep (commit it), and
-        every result that uses it is keyed by its identity, wherever it is later found.
+        by ``--teacher``, written where it was asked for: a folder to keep, and every result
+        that uses it is keyed by its identity, wherever it is later found.
         """
         from retrikt.store import MANIFEST_NAME
 
