@@ -324,6 +324,24 @@ def test_a_given_store_that_does_not_exist_is_built_there_first(
     assert len(built) == 1
 
 
+def test_a_store_kept_as_its_manifest_alone_still_finds_its_results(tmp_path, data_dir, cb_store):
+    """Git keeps an experiment store's manifest, not its data: on a new machine
+    ``--cached-only`` finds the results by the manifest's identity, and a run that would need
+    the data says what the folder is instead of failing inside a method."""
+    store = _mixed_store(cb_store, tmp_path / "stores" / "cb", train=10)
+    config = _config(tmp_path, data_dir, store, methods=["knn-only"])
+    (row,) = run_harness(config)
+    assert row["status"] == "ok", row
+    for child in store.iterdir():  # what a clone holds: manifest.json alone
+        if child.name != "manifest.json":
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    shutil.rmtree(config.cache_dir, ignore_errors=True)  # a new machine: units alone
+    (again,) = run_harness(replace(config, cached_only=True))
+    assert (again["status"], again["score"]) == ("ok", row["score"])
+    with pytest.raises(RetriktError, match="holds only the manifest of store"):
+        run_harness(config)
+
+
 def test_the_teacher_row_is_found_by_the_store_it_labelled(tmp_path, data_dir, cb_store):
     """On a machine without the teacher's weights its result is keyed by the id the store
     records, so the committed result is found; with neither, the error names the folder."""

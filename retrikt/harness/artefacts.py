@@ -20,6 +20,7 @@ import numpy as np
 from retrikt.cache import ArtefactCache
 from retrikt.errors import RetriktError
 from retrikt.harness.scales import HARNESS_VERSION, HarnessConfig
+from retrikt.store.manifest import read_manifest
 from retrikt.tasks import Task, resolve_data_source
 
 logger = logging.getLogger(__name__)
@@ -37,11 +38,17 @@ def data_fingerprint(task: Task, data_dir: str | None) -> str:
 
 
 def _store_identity(path: Path) -> dict[str, Any]:
-    """A given store is identified by its id and version, not by where it lies."""
-    from retrikt.store import KnowledgeStore
+    """A given store is identified by its id and version, not by where it lies.
 
-    store = KnowledgeStore.open(path, verify=False)
-    return {"store_id": store.store_id, "version": store.version, "entries": len(store)}
+    Read from the manifest alone: a store's data stays on the machine that built it, and its
+    committed manifest is enough to find the results measured on it (``--cached-only``).
+    """
+    manifest = read_manifest(path)
+    return {
+        "store_id": manifest["store_id"],
+        "version": manifest["version"],
+        "entries": manifest["entry_count"],
+    }
 
 
 @dataclass
@@ -92,9 +99,7 @@ class TaskContext:
             return tuned_folder_id(folder)
         given = self.config.stores.get(self.task.name)
         if given is not None:
-            from retrikt.store import KnowledgeStore
-
-            teacher = KnowledgeStore.open(given, verify=False).manifest.get("teacher") or {}
+            teacher = read_manifest(Path(given)).get("teacher") or {}
             if str(teacher.get("id", "")).startswith("tuned:"):
                 return teacher["id"]
         raise RetriktError(
@@ -167,7 +172,18 @@ class TaskContext:
         from retrikt.store import MANIFEST_NAME
 
         given = self.config.stores.get(self.task.name)
-        if given is None or (Path(given) / MANIFEST_NAME).is_file():
+        if given is None:
+            return
+        if (Path(given) / MANIFEST_NAME).is_file():
+            data = Path(given) / read_manifest(Path(given))["data"]
+            if not data.is_dir():
+                raise RetriktError(
+                    f"{self.task.name}: {given} holds only the manifest of store "
+                    f"{_store_identity(Path(given))['store_id']} (a record of the store that "
+                    "committed results were measured on; its data stayed on the machine that "
+                    "built it). Pass --cached-only to write the table from those results, or "
+                    "give another --store folder to build a new store there"
+                )
             return
         from retrikt.generator.build import build_store
 
