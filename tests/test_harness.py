@@ -358,7 +358,8 @@ def test_a_store_kept_as_its_manifest_alone_still_finds_its_results(tmp_path, da
 
 def test_the_teacher_row_is_found_by_the_store_it_labelled(tmp_path, data_dir, cb_store):
     """On a machine without the teacher's weights its result is keyed by the id the store
-    records, so the committed result is found; with neither, the error names the folder."""
+    records, so the committed result is found; with neither, the error names the folder, for
+    the teacher row and for a store that would have to be built."""
     teacher = {"id": "tuned:cb:qwen2.5-0.5b+lora:0123456789ab", "adapter": None}
     store = _mixed_store(cb_store, tmp_path / "mixed", train=10, teacher=teacher)
     gone = {"teachers": {"cb": tmp_path / "gone"}}
@@ -369,6 +370,10 @@ def test_the_teacher_row_is_found_by_the_store_it_labelled(tmp_path, data_dir, c
     ctx = TaskContext(_config(tmp_path, data_dir, cb_store, **gone), ctx.cache, get_task("cb"))
     with pytest.raises(RetriktError, match="gone does not exist"):
         METHODS["teacher"].spec(ctx, None)
+    unbuilt = replace(_config(tmp_path, data_dir, cb_store, **gone), stores={})
+    ctx = TaskContext(unbuilt, ctx.cache, get_task("cb"))  # the store would be built here
+    with pytest.raises(RetriktError, match="gone does not exist"):
+        METHODS["retrikt"].spec(ctx, 0)
 
 
 def test_cli_arguments_build_the_config(tmp_path):

@@ -146,13 +146,11 @@ class TaskContext:
         )
 
     def _build_spec(self, rl: str, examples: str = "both", tuned: bool = True) -> dict[str, Any]:
-        from retrikt.teachers.loading import tuned_folder_id
-
         build = self.build_config(rl, examples=examples, tuned=tuned).key_dict()
         for local in ("out", "data_dir", "cache_dir", "overwrite"):
             build.pop(local)
         if build["teacher"]:  # a teacher is its weights, wherever its folder lies
-            build["teacher"] = tuned_folder_id(build["teacher"])
+            build["teacher"] = self.tuned_teacher_id()
         return {**self.base_spec, "build": build}
 
     def store_spec(self, rl: str, examples: str = "both") -> dict[str, Any]:
