@@ -76,21 +76,29 @@ def write_markdown(by_task: dict[str, list[dict]], out: Path, command: str) -> N
         "",
         "Score = mean of the task's official metrics x100 (mean ± sd over seeds); latency = p50 "
         "at batch 1, one example at a time, tokenisation included (as the harness measures "
-        "it); the teacher row is the model the student replaces.",
+        "it); the teacher row is the model the student replaces. *of teacher*: the score as a "
+        "share of the teacher's; *speedup*: the teacher's p50 over the student's (batch 1, "
+        "so a throughput ratio for one-at-a-time serving).",
         "",
     ]
     for task, rows in by_task.items():
         lines += [
             f"## {task}",
             "",
-            "| student | method | score | p50 ms | params (M) |",
-            "|---|---|---:|---:|---:|",
+            "| student | method | score | p50 ms | params (M) | of teacher | speedup |",
+            "|---|---|---:|---:|---:|---:|---:|",
         ]
-        for row in _unique_references(rows):
+        rows = _unique_references(rows)
+        teacher = next((r for r in rows if r["method"] in REFERENCES), None)
+        for row in rows:
             encoder = "-" if row["method"] in REFERENCES else row["encoder"]
+            share = speedup = ""
+            if teacher is not None and row is not teacher:
+                share = f"{100 * row['score'] / teacher['score']:.0f}%"
+                speedup = f"{teacher['latency_ms'] / row['latency_ms']:.0f}x"
             lines.append(
                 f"| {encoder} | {row['method']} | {row['score']:.1f} ± {row['std']:.1f} | "
-                f"{row['latency_ms']} | {row['params_m']:.1f} |"
+                f"{row['latency_ms']:.1f} | {row['params_m']:.1f} | {share} | {speedup} |"
             )
         lines.append("")
     out.with_suffix(".md").write_text("\n".join(lines))
@@ -102,7 +110,7 @@ def _size(row: dict) -> float:
 
 def plot(by_task: dict[str, list[dict]], out: Path) -> None:
     tasks = list(by_task)
-    fig, axes = plt.subplots(2, len(tasks), figsize=(4 * len(tasks), 7), squeeze=False)
+    fig, axes = plt.subplots(2, len(tasks), figsize=(max(5, 4 * len(tasks)), 7), squeeze=False)
     for col, task in enumerate(tasks):
         rows = _unique_references(by_task[task])
         for row_axis, (field, label) in enumerate(
@@ -113,8 +121,14 @@ def plot(by_task: dict[str, list[dict]], out: Path) -> None:
                 # Joined in order of size, so a line runs from the largest student down.
                 ordered = sorted((r for r in rows if r["method"] == method), key=_size)
                 if ordered:
-                    xs, ys = [r[field] for r in ordered], [r["score"] for r in ordered]
-                    ax.plot(xs, ys, marker="o", label=method)
+                    ax.errorbar(
+                        [r[field] for r in ordered],
+                        [r["score"] for r in ordered],
+                        yerr=[r["std"] for r in ordered],
+                        marker="o",
+                        capsize=3,
+                        label=method,
+                    )
             for ref in (r for r in rows if r["method"] in REFERENCES):
                 ax.scatter([ref[field]], [ref["score"]], marker="*", s=150, label=ref["method"])
             ax.set_xscale("log")
@@ -133,9 +147,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("tables", nargs="+", type=Path, help="harness .json tables")
     parser.add_argument("--out", type=Path, default=Path("experiments/results/student_sizes"))
+    parser.add_argument("--tasks", help="comma-separated tasks to show (default: all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     by_task = collect(args.tables)
+    if args.tasks:
+        by_task = {t: rows for t, rows in by_task.items() if t in args.tasks.split(",")}
     command = ".venv/bin/python experiments/student_sizes.py " + shlex.join(sys.argv[1:])
     write_markdown(by_task, args.out, command)
     plot(by_task, args.out)
