@@ -387,8 +387,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache-dir", default="experiments/cache")
     parser.add_argument("--out", default="experiments/results/condense.md")
+    parser.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="write the report from the units already cached and run nothing (as the "
+        "harness's --cached-only)",
+    )
     args = parser.parse_args()
-    args.argv = sys.argv[1:]
+    args.argv = [a for a in sys.argv[1:] if a != "--cached-only"]  # the command that runs it
     args.tasks = [get_task(t).name for t in args.tasks.split(",")]
     args.methods = args.methods.split(",")
     args.first_methods = args.first_methods.split(",")
@@ -423,6 +429,8 @@ def main() -> None:
     logger.info("%d units cached, %d to run", len(rows), len(todo))
     if rows:
         write_report(rows, runs, args)
+    if args.cached_only:
+        return
     started = time.perf_counter()
     for number, unit in enumerate(todo, start=1):
         logger.info("unit %d/%d: %s", number, len(todo), unit)
