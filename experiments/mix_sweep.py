@@ -38,19 +38,21 @@ def sweep(folder: Path, data_dir: str) -> dict:
     task = model.task
     examples = task.read("validation", data_dir)
     raw = model.raw_outputs(examples)
-    scores = {}
-    for mix in MIXES:
+
+    def score(mix: float) -> float:
         probs, _ = model.combined(raw, mix=mix)
         metrics = task.evaluate(label_predictions(task, probs), list(examples))
-        scores[mix] = 100 * float(np.mean(list(metrics.values())))
+        return 100 * float(np.mean(list(metrics.values())))
+
     retrieval = model.config.retrieval
     return {
         "student": str(folder),
         "task": task.name,
-        "chosen_mix": retrieval.mix,
+        "chosen_mix": retrieval.mix,  # a user's --mix need not lie on the grid
+        "chosen_score": score(retrieval.mix),
         "k": retrieval.k,
         "tuning": retrieval.tuning,
-        "scores": scores,
+        "scores": {mix: score(mix) for mix in MIXES},
     }
 
 
@@ -79,7 +81,7 @@ def render(rows: list[dict], command: str) -> str:
         best = max(scores, key=scores.get)
         lines.append(
             f"| `{Path(row['student']).parent.name}` | {row['task']} "
-            f"| {row['chosen_mix']:.1f} ({scores[round(row['chosen_mix'], 1)]:.1f}) "
+            f"| {row['chosen_mix']:g} ({row['chosen_score']:.1f}) "
             f"| {best:.1f} ({scores[best]:.1f}) | "
             + " | ".join(f"{scores[m]:.1f}" for m in MIXES)
             + " |"
