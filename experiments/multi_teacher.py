@@ -185,6 +185,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )  # fmt: skip
             ctx = TaskContext(harness, cache, get_task(task_name))
             entry = results.setdefault(task_name, {"teachers": teachers, "variants": {}})
+            entry["command"] = args.command  # each task's rows come from its own run
             for variant in chosen:
                 logger.info("%s %s seed %d", task_name, variant.name, seed)
                 store, spec, info = store_for(ctx, cache, variant, teachers, args)
@@ -212,14 +213,15 @@ def _scores(metrics: dict[str, Any] | None, names: tuple[str, ...]) -> str:
 
 def write_report(results: dict[str, Any], args: argparse.Namespace) -> None:
     out = Path(args.results_dir)
-    write_json_atomic(out / "multi_teacher.json", {"command": args.command, "results": results})
+    write_json_atomic(out / "multi_teacher.json", {"results": results})
+    commands = dict.fromkeys(entry.get("command", args.command) for entry in results.values())
     lines = [
         "# Several teachers and their rationales in one store (issue 13)",
         "",
-        "Made by (every unit cached; rerun to resume or extend):",
+        "Made by (every unit cached; rerun one to resume or extend its task):",
         "",
         "```",
-        args.command,
+        *commands,
         "```",
         "",
         f"Every row is the harness's `{METHOD}` student (minilm-l6) at scale `full`: the "
