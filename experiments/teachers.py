@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -281,20 +282,31 @@ def main() -> None:
     args.seeds = [int(s) for s in args.seeds.split(",")]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     path = Path(args.out).with_suffix(".json")
-    results = json.loads(path.read_text()) if path.is_file() else {}
     if args.print_best:
-        print(" ".join(best_flags(results, args.tasks.split(","))))
+        print(" ".join(best_flags(load_results(path), args.tasks.split(","))))
         return
-    for task in args.tasks.split(","):
+
+    def record(task: str, update: Callable[[dict], None]) -> None:
+        """Re-read the results before each write, so runs on other tasks or teachers in
+        parallel (one per core, hours each) keep each other's rows."""
+        results = load_results(path)
         entry = results.setdefault(task, {"teachers": {}})
         if args.argv not in entry.setdefault("commands", []):
             entry["commands"].append(args.argv)
+        update(entry)
+        write_report(results, args)
+
+    for task in args.tasks.split(","):
         for name in args.teachers.split(","):
-            entry["teachers"][name] = run_teacher(task, CANDIDATES[name], args)
-            write_report(results, args)
+            row = run_teacher(task, CANDIDATES[name], args)
+            record(task, lambda entry, name=name, row=row: entry["teachers"].update({name: row}))
         if not args.no_student:
-            entry["student-ft"] = student_ft(task, args)
-            write_report(results, args)
+            student = student_ft(task, args)
+            record(task, lambda entry, student=student: entry.update({"student-ft": student}))
+
+
+def load_results(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 if __name__ == "__main__":
