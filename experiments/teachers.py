@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,23 +285,23 @@ def main() -> None:
         print(" ".join(best_flags(load_results(path), args.tasks.split(","))))
         return
 
-    def record(task: str, update: Callable[[dict], None]) -> None:
+    def record(task: str, teachers: dict | None = None, student: dict | None = None) -> None:
         """Re-read the results before each write, so runs on other tasks or teachers in
         parallel (one per core, hours each) keep each other's rows."""
         results = load_results(path)
         entry = results.setdefault(task, {"teachers": {}})
         if args.argv not in entry.setdefault("commands", []):
             entry["commands"].append(args.argv)
-        update(entry)
+        entry["teachers"].update(teachers or {})
+        if student is not None:
+            entry["student-ft"] = student
         write_report(results, args)
 
     for task in args.tasks.split(","):
         for name in args.teachers.split(","):
-            row = run_teacher(task, CANDIDATES[name], args)
-            record(task, lambda entry, name=name, row=row: entry["teachers"].update({name: row}))
+            record(task, teachers={name: run_teacher(task, CANDIDATES[name], args)})
         if not args.no_student:
-            student = student_ft(task, args)
-            record(task, lambda entry, student=student: entry.update({"student-ft": student}))
+            record(task, student=student_ft(task, args))
 
 
 def load_results(path: Path) -> dict:
