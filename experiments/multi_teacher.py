@@ -130,11 +130,14 @@ def student_for(
     train.pop("store")
     spec = {**ctx.base_spec, "method": METHOD, "seed": seed, "train": train, "store": store_spec}
 
+    label = f"{ctx.task.name}-{variant.name}-s{seed}"
+    resume = cache.resume_folder("models", label, spec)
+
     def make(folder: Path) -> dict[str, Any]:
-        result = train_student(config, ctx.config.data_dir, folder / "model")
+        result = train_student(config, ctx.config.data_dir, folder / "model",
+                               checkpoint_dir=resume)  # fmt: skip
         return {"metrics": result.metrics, "seconds": round(result.seconds, 1)}
 
-    label = f"{ctx.task.name}-{variant.name}-s{seed}"
     return cache.ensure("models", label, spec, make)[1]
 
 

@@ -16,6 +16,8 @@ searched student, and the fastest student at >= 90% of the teacher's score::
 
 Every unit (store, teacher states, search trials, trained students, latencies) is cached
 under ``--cache-dir``; a killed run resumes, and the report is rewritten after each task.
+Tasks already in the report that this run does not name are kept, each with the command
+that made it, so tasks can be searched in separate runs (or on separate machines).
 """
 
 from __future__ import annotations
@@ -83,11 +85,14 @@ def train_one(
     """One trained student (cached): its folder and what training scored."""
     from retrikt.training import train_student
 
+    spec = {"train": config.to_dict(), "encoder_id": _encoder_identity(config.encoder)}
+    resume = cache.resume_folder("students", label, spec)
+
     def make(folder: Path) -> dict[str, Any]:
-        result = train_student(config, data_dir, folder / "student", cache=cache)
+        result = train_student(config, data_dir, folder / "student", cache=cache,
+                               checkpoint_dir=resume)  # fmt: skip
         return {"metrics": result.metrics, "train_seconds": round(result.seconds, 1)}
 
-    spec = {"train": config.to_dict(), "encoder_id": _encoder_identity(config.encoder)}
     folder, info = cache.ensure("students", label, spec, make)
     return folder / "student", info
 
@@ -227,19 +232,32 @@ def run_task(task: Task, args: argparse.Namespace, cache: ArtefactCache) -> dict
     }  # fmt: skip
 
 
-def write_report(results: list[dict], args: argparse.Namespace, command: str) -> None:
+def earlier_tasks(path: Path, names: list[str]) -> list[dict]:
+    """The tasks of an earlier report that this run does not redo, with their commands."""
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text())
+    kept = [t for t in earlier["tasks"] if t["task"] not in names]
+    for task in kept:  # reports written before tasks carried their own command and machine
+        task.setdefault("command", earlier.get("command", ""))
+        task.setdefault("machine", earlier.get("machine", machine()))
+    return kept
+
+
+def write_report(results: list[dict], args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out.with_suffix(".json"), {"command": command, "machine": machine(),
-                                                 "tasks": results})  # fmt: skip
+    write_json_atomic(out.with_suffix(".json"), {"tasks": results})
     lines = [
         "# Searched students against minilm-l6:N truncations",
         "",
+        "Made by (every unit cached; rerun a command to resume it):",
+        "",
         "```",
-        command,
+        *dict.fromkeys(r["command"] for r in results),
         "```",
         "",
-        f"Machine: {machine()['cpu']}, {machine()['cores']} cores shared with other jobs. "
+        "Each task ran on the machine its section names (2 cores shared with other jobs). "
         "Score = mean of the task's official metrics on the validation split x100, mean ± sd "
         "over seeds; every student is trained the same way (store of the training split "
         "labelled by the teacher, retrieval objectives, logit and hidden-state distillation "
@@ -260,6 +278,7 @@ def write_report(results: list[dict], args: argparse.Namespace, command: str) ->
         lines += [
             f"## {r['task']}",
             "",
+            f"Machine: {r['machine']['cpu']} ({r['machine']['cores']} cores). "
             f"Search: {search['trials']} trials ({search['trial_seconds']:.0f} s of trials; "
             f"{search['seconds_this_run']:.0f} s this run), budget {r['budget_ms']} ms, winner "
             f"**{search['winner']}**; teacher `{r['teacher']}`: {ref['score']:.1f}, "
@@ -349,10 +368,12 @@ def main() -> None:
     command = "OMP_NUM_THREADS=1 .venv/bin/python " + shlex.join(["experiments/search_student.py",
                                                                    *sys.argv[1:]])  # fmt: skip
     cache = ArtefactCache(args.cache_dir)
-    results = []
-    for name in args.tasks.split(","):
-        results.append(run_task(get_task(name), args, cache))
-        write_report(results, args, command)
+    names = args.tasks.split(",")
+    results = earlier_tasks(Path(args.out).with_suffix(".json"), names)
+    for name in names:
+        results.append({**run_task(get_task(name), args, cache), "command": command,
+                        "machine": machine()})  # fmt: skip
+        write_report(results, args)
 
 
 if __name__ == "__main__":

@@ -138,6 +138,16 @@ class ArtefactCache:
     def folder(self, kind: str, label: str, spec: Any) -> Path:
         return self.root / kind / f"{label}-{key(spec)}"
 
+    def resume_folder(self, kind: str, label: str, spec: Any) -> Path:
+        """Where a unit's maker keeps its checkpoints while it works (``<folder>.resume``).
+
+        Beside the staging folder rather than in it, because a rerun sweeps the staging
+        folders of dead processes: a killed unit resumes from here. The maker deletes it
+        when it finishes (as ``train_student`` does).
+        """
+        folder = self.folder(kind, label, spec)
+        return folder.with_name(f"{folder.name}.resume")
+
     def ensure(
         self,
         kind: str,

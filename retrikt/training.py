@@ -29,6 +29,12 @@ equal weights; each can be switched off for ablations:
    ``rationale_loss``; the rationale embeddings are targets, re-embedded with the keys.
    ``rationale_keys`` instead appends each entry's rationale to the input its key embeds.
 
+**Checkpoints.** ``train`` saves everything the loop carries (weights, optimizer and
+schedule, the batch and distillation random streams, dropout's random state, the store keys,
+the loss history) after every epoch to ``checkpoint_dir``; a rerun after a kill loads it and
+goes on from the next epoch, reaching the same weights as a run that was never stopped. A
+checkpoint records the settings and data it was made with and refuses any other run.
+
 Keys are detached: the store rows are re-embedded with the current encoder at the start of
 every ``refresh_every`` epochs and at the end (re-encoding every neighbour at every step would
 multiply the cost by ``train_k``). A training example that is also in the store (the same
@@ -52,6 +58,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,7 +70,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from retrikt.cache import ArtefactCache
+from retrikt.cache import ArtefactCache, key
 from retrikt.errors import ConfigError, RetriktError
 from retrikt.retrieval import mix_neighbours, neighbour_logits
 from retrikt.store import KnowledgeStore, StoreEntry
@@ -75,6 +82,7 @@ from retrikt.tasks import CHOICE, SCORE, Example, Task, get_task
 logger = logging.getLogger(__name__)
 
 EVAL_RESULTS = "eval_results.json"
+CHECKPOINT = "checkpoint.pt"
 #: Adam moves a parameter by about its learning rate per step; the log of the retrieval
 #: temperature needs to move by ~1 within a few hundred steps to matter.
 RETRIEVAL_TEMPERATURE_LR = 1e-2
@@ -286,13 +294,16 @@ def train(
     config: TrainConfig,
     store_entries: Sequence[StoreEntry] = (),
     hidden: HiddenStateLoss | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> list[dict[str, float]]:
     """Fine-tune ``model`` in place; returns each step's losses.
 
     With a store attached (``model.attach_store``) the retrieval objectives are added and
     ``store_entries`` (the source store's entries) feed the distillation batches. With
     ``hidden`` the student's layers are also pulled to the teacher's hidden states
-    (weighted by ``config.hidden_weight``; its projections train with the model).
+    (weighted by ``config.hidden_weight``; its projections train with the model). With
+    ``checkpoint_dir`` each finished epoch is saved there, and a checkpoint found there is
+    resumed.
     """
     from transformers import get_linear_schedule_with_warmup
 
@@ -311,11 +322,23 @@ def train(
     )
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    lengths = [len(model.task.render(ex)) for ex in examples]
+    rendered = [model.task.render(ex) for ex in examples]
+    lengths = [len(text) for text in rendered]
     distill_order: list[int] = []
     history: list[dict[str, float]] = []
-    bar = tqdm(total=total, desc=f"train {model.task.name}", unit="step")
-    for epoch in range(config.epochs):
+    checkpoint = Checkpoint(checkpoint_dir, config, rendered, len(store_entries))
+    state = {"model": model, "hidden": hidden, "optimizer": optimizer, "scheduler": scheduler}
+    first_epoch = 0
+    if (saved := checkpoint.load(state)) is not None:
+        first_epoch, history, distill_order = saved["epoch"], saved["history"], saved["order"]
+        generator.set_state(saved["batches"])
+        rng.bit_generator.state = saved["distill"]
+        if retrieval:
+            model.memory.keys = saved["keys"]
+        if rationales is not None:
+            rationales.vectors = saved["rationales"]
+    bar = tqdm(total=total, initial=len(history), desc=f"train {model.task.name}", unit="step")
+    for epoch in range(first_epoch, config.epochs):
         if retrieval and epoch % config.refresh_every == 0:
             model.refresh_keys()
             if rationales is not None:
@@ -362,11 +385,74 @@ def train(
                     for k in history[-1]
                 )
                 logger.info("step %d/%d epoch %d %s", len(history), total, epoch + 1, parts)
+        checkpoint.save(
+            state, epoch=epoch + 1, history=history, order=distill_order,
+            batches=generator.get_state(), distill=rng.bit_generator.state,
+            keys=model.memory.keys if retrieval else None,
+            rationales=None if rationales is None else rationales.vectors,
+        )  # fmt: skip
     bar.close()
     if retrieval:
         model.refresh_keys()
     model.eval()
     return history
+
+
+class Checkpoint:
+    """The training loop's state after an epoch, in ``folder/checkpoint.pt`` (no folder: off).
+
+    ``state`` maps names to the modules, optimizer and scheduler whose ``state_dict`` is
+    saved; the loop's other values (random streams, keys, history) are passed as keywords.
+    The settings, the rendered training examples and the store size are fingerprinted, so a
+    checkpoint is only resumed by the run that wrote it.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike | None,
+        config: TrainConfig,
+        rendered: list[str],
+        store_entries: int,
+    ):
+        self.path = Path(folder) / CHECKPOINT if folder is not None else None
+        self.fingerprint = key(
+            {"config": config.key_dict(), "examples": rendered, "store": store_entries}
+        )
+
+    def save(self, state: dict[str, Any], **values: Any) -> None:
+        """Write aside then rename: a kill during the write keeps the previous epoch's."""
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{CHECKPOINT}.{os.getpid()}.tmp")
+        torch.save(
+            {
+                "fingerprint": self.fingerprint,
+                "state": {k: v.state_dict() for k, v in state.items() if v is not None},
+                "torch_rng": torch.get_rng_state(),  # dropout
+                **values,
+            },
+            tmp,
+        )
+        os.replace(tmp, self.path)
+        logger.info("epoch %d saved to %s", values["epoch"], self.path)
+
+    def load(self, state: dict[str, Any]) -> dict[str, Any] | None:
+        """Restore ``state`` in place and return the saved values (None: nothing to resume)."""
+        if self.path is None or not self.path.is_file():
+            return None
+        saved = torch.load(self.path, weights_only=False)
+        if saved["fingerprint"] != self.fingerprint:
+            raise RetriktError(
+                f"{self.path} was written by a training run with other settings or data; "
+                "delete it to start again, or train into another folder"
+            )
+        for name, module in state.items():
+            if module is not None:
+                module.load_state_dict(saved["state"][name])
+        torch.set_rng_state(saved["torch_rng"])
+        logger.info("resuming %s after epoch %d", self.path, saved["epoch"])
+        return saved
 
 
 def tune_retrieval(model: RetriKT, examples: Sequence[Example]) -> dict[str, Any]:
@@ -439,11 +525,15 @@ def train_student(
     out: str | os.PathLike,
     eval_split: str = "validation",
     cache: ArtefactCache | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train a student for ``config.task`` (with ``config.store``: the RetriKT student), save
     it to ``out`` and score it on ``eval_split``, writing ``out/eval_results.json``.
 
-    ``cache`` keeps the hidden-state teacher's states (``config.hidden_teacher``) on disk."""
+    ``cache`` keeps the hidden-state teacher's states (``config.hidden_teacher``) on disk.
+    Each epoch is checkpointed in ``checkpoint_dir`` (default ``out/checkpoint``), so a
+    rerun after a kill resumes; the folder is deleted once the student is saved and scored.
+    """
     from transformers import set_seed
 
     task: Task = get_task(config.task)
@@ -479,7 +569,8 @@ def train_student(
     if config.hidden_teacher is not None:
         states = teacher_states(config.hidden_teacher, task, train_examples, cache=cache)
         hidden = HiddenStateLoss(states, task, model.num_layers, model.hidden_size)
-    history = train(model, train_examples, config, store_entries, hidden)
+    checkpoints = Path(checkpoint_dir) if checkpoint_dir is not None else Path(out) / "checkpoint"
+    history = train(model, train_examples, config, store_entries, hidden, checkpoints)
     if tune_examples:
         tune_retrieval(model, tune_examples)
     seconds = time.perf_counter() - started
@@ -497,6 +588,7 @@ def train_student(
         train_seconds=round(seconds, 1),
         config=config.to_dict(),
     )
+    shutil.rmtree(checkpoints, ignore_errors=True)
     return TrainResult(model, metrics, history, seconds)
 
 

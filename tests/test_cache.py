@@ -80,3 +80,20 @@ def test_the_cache_names_units_by_kind_label_and_spec(tmp_path):
     assert folder == tmp_path.resolve() / "models" / f"cb-{key({'lr': 1})}"
     assert info["spec"] == {"lr": 1} and info["seconds"] == 2
     assert cache.ensure("models", "cb", {"lr": 2}, lambda s: None)[0] != folder
+
+
+def test_a_units_resume_folder_is_beside_it_and_survives_the_sweep_of_dead_staging(tmp_path):
+    """Checkpoints of a killed unit stay for its rerun (staging folders of dead pids go)."""
+    cache = ArtefactCache(tmp_path)
+    spec = {"lr": 1e-3}
+    folder, resume = cache.folder("models", "s0", spec), cache.resume_folder("models", "s0", spec)
+    assert resume.parent == folder.parent and resume.name == f"{folder.name}.resume"
+    resume.mkdir(parents=True)
+    (resume / "checkpoint.pt").write_text("epoch 1")
+    dead = folder.with_name(f"{folder.name}.tmp999999999")
+    dead.mkdir()
+    seen = []
+    cache.ensure(
+        "models", "s0", spec, lambda staging: seen.append((resume / "checkpoint.pt").read_text())
+    )
+    assert seen == ["epoch 1"] and not dead.exists()

@@ -236,6 +236,7 @@ def test_train_the_retrieval_student_from_the_cli(tmp_path, data_dir):
         "--max-length", "48", "--batch-size", "8", "--train-k", "8", "--tune-retrieval",
     ])  # fmt: skip
     assert code == 0
+    assert not (out / "checkpoint").exists()  # the epoch checkpoints go once the student is saved
     results = json.loads((out / "eval_results.json").read_text())
     assert results["tune_examples"] == 4 and results["train_examples"] == 20
     student = RetriKT.from_pretrained(out)
@@ -296,3 +297,52 @@ def test_the_stores_examples_reach_distillation_training(tmp_path):
         assert ("distill" in history[0]) == distill
         heads[distill] = torch.cat([p.detach().flatten() for p in model.head.parameters()])
     assert not torch.allclose(heads[False], heads[True])
+
+
+def test_a_killed_training_run_resumes_to_the_weights_of_an_unbroken_one(tmp_path, monkeypatch):
+    """Stopped in its second epoch and rerun, training goes on from the first epoch's
+    checkpoint and ends where an uninterrupted run ends: the weights, the store keys and
+    the loss history (so the optimizer, schedule and random streams were restored too)."""
+    import retrikt.training as training
+
+    task = get_task("cb")
+    store = labelled_store(task, cb_examples(MORE_CB), tmp_path / "store")
+    config = TrainConfig(task="cb", epochs=3, batch_size=4, lr=1e-3, train_k=4)
+    checkpoints = tmp_path / "checkpoints"
+
+    def fresh(seed):
+        torch.manual_seed(seed)
+        model = RetriKT.from_encoder(task, TINY, max_length=48)
+        model.attach_store(store)
+        return model
+
+    def run(model, train_config=config):
+        return training.train(model, cb_pool(), train_config, store.entries(), None, checkpoints)
+
+    unbroken = fresh(0)
+    expected = training.train(unbroken, cb_pool(), config, store.entries())
+
+    epochs_started = []
+
+    def killed_in_epoch_two(*args, **kwargs):
+        epochs_started.append(1)
+        if len(epochs_started) == 2:
+            raise KeyboardInterrupt
+        return length_grouped_batches(*args, **kwargs)
+
+    monkeypatch.setattr(training, "length_grouped_batches", killed_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        run(fresh(0))
+    monkeypatch.undo()
+    assert torch.load(checkpoints / "checkpoint.pt", weights_only=False)["epoch"] == 1
+
+    resumed = fresh(1)  # other initial weights: the checkpoint's must replace them
+    assert run(resumed) == expected
+    weights = resumed.state_dict()
+    for name, want in unbroken.state_dict().items():
+        assert torch.equal(want, weights[name]), name
+    assert np.array_equal(unbroken.memory.keys, resumed.memory.keys)
+
+    # a checkpoint is resumed only by the run that wrote it
+    with pytest.raises(RetriktError, match="checkpoint.pt was written by a training run with"):
+        run(fresh(0), TrainConfig(task="cb", epochs=3, batch_size=4, lr=2e-3, train_k=4))

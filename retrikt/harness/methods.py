@@ -119,12 +119,15 @@ class StudentMethod(Method):
         store = ctx.store(self.rl, self.examples) if self.rl is not None else None
         config = self.train_config(ctx, seed, store.path if store else None)
 
+        label, spec = f"{ctx.task.name}-{self.name}-s{seed}", self.spec(ctx, seed)
+        resume = ctx.cache.resume_folder("models", label, spec)  # epochs survive a kill
+
         def make(folder: Path) -> dict[str, Any]:
-            result = train_student(config, ctx.config.data_dir, folder / "model")
+            result = train_student(config, ctx.config.data_dir, folder / "model",
+                                   checkpoint_dir=resume)  # fmt: skip
             return {"seconds": round(result.seconds, 2)}
 
-        label = f"{ctx.task.name}-{self.name}-s{seed}"
-        folder, info = ctx.cache.ensure("models", label, self.spec(ctx, seed), make)
+        folder, info = ctx.cache.ensure("models", label, spec, make)
         model = RetriKT.from_pretrained(folder / "model")
         details: dict[str, Any] = {}
         if model.config.retrieval is not None:

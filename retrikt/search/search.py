@@ -447,11 +447,15 @@ def final_student(searcher: Searcher, winner: dict[str, Any], cache: ArtefactCac
     init, _ = cache.ensure("searched-inits", arch.name, spec, make_init)
     config.encoder, config.log_every = str(init), 20
 
+    student_spec = {**spec, "init": str(init)}
+    resume = cache.resume_folder("searched-students", arch.name, student_spec)
+
     def make(folder: Path) -> dict[str, Any]:
-        result = train_student(config, searcher.config.data_dir, folder / "student", cache=cache)
+        result = train_student(config, searcher.config.data_dir, folder / "student",
+                               cache=cache, checkpoint_dir=resume)  # fmt: skip
         return {"metrics": result.metrics, "train_seconds": round(result.seconds, 1)}
 
-    folder, info = cache.ensure("searched-students", arch.name, {**spec, "init": str(init)}, make)
+    folder, info = cache.ensure("searched-students", arch.name, student_spec, make)
     target = searcher.out / "student"
     marker = target / "searched.json"
     if not marker.is_file() or json.loads(marker.read_text()).get("from") != str(folder):
