@@ -41,7 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "teacher-labelled examples and mixes their soft labels into its prediction "
             "(objectives: combined cross-entropy, retrieval KL, distillation; each can be "
             "switched off). It is saved as a from_pretrained folder in --out (with its own "
-            "copy of the store) and scored on the validation split (OUT/eval_results.json)."
+            "copy of the store) and scored on the validation split (OUT/eval_results.json). "
+            "Every epoch is checkpointed in OUT/checkpoint: after a kill, the same command "
+            "resumes from the last finished epoch."
         ),
     )
     names = [f.name for f in fields(TrainConfig)]
