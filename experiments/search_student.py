@@ -151,11 +151,13 @@ def run_task(task: Task, args: argparse.Namespace, cache: ArtefactCache) -> dict
 
     teacher = pairs(args.teacher)[task.name]
     hidden_teacher = pairs(args.hidden_teacher).get(task.name, teacher)
-    store = pairs(args.store).get(task.name) or build_store(cache, task, teacher, args)
+    given = pairs(args.store).get(task.name)
+    store = given or build_store(cache, task, teacher, args)
     seeds = [int(s) for s in args.seeds.split(",")]
+    search_name = f"{task.name}-{args.init}" + (f"-{Path(given).name}" if given else "")
     search_config = SearchConfig(
         task=task.name, store=store, latency_budget_ms=float(pairs(args.budget)[task.name]),
-        out=str(Path(args.cache_dir) / "searches" / f"{task.name}-{args.init}"),
+        out=str(Path(args.cache_dir) / "searches" / search_name),
         teacher=hidden_teacher, trials=args.trials, data_dir=args.data_dir, init=args.init,
         proxy_size=args.proxy_size, proxy_epochs=args.proxy_epochs, epochs=args.epochs,
         latency_examples=args.latency_examples, seed=seeds[0], cache_dir=args.cache_dir,
