@@ -261,9 +261,10 @@ def write_report(results: list[dict], args: argparse.Namespace) -> None:
         "",
         "Each task ran on the machine its section names (2 cores shared with other jobs). "
         "Score = mean of the task's official metrics on the validation split x100, mean ± sd "
-        "over seeds; every student is trained the same way (store of the training split "
-        "labelled by the teacher, retrieval objectives, logit and hidden-state distillation "
-        f"from the teacher, {args.epochs} epochs). Latency = p50 at batch 1 over "
+        "over seeds; every student of a task is trained the same way (the store its section "
+        "names, by default the training split labelled by the teacher; retrieval objectives, "
+        f"logit and hidden-state distillation from the teacher, {args.epochs} epochs). "
+        "Latency = p50 at batch 1 over "
         f"{args.latency_examples} training inputs, tokenisation and retrieval included, one "
         "thread; the teacher is timed on the same inputs"
         + (
@@ -280,7 +281,8 @@ def write_report(results: list[dict], args: argparse.Namespace) -> None:
         lines += [
             f"## {r['task']}",
             "",
-            f"Machine: {r['machine']['cpu']} ({r['machine']['cores']} cores). "
+            f"Machine: {r['machine']['cpu']} ({r['machine']['cores']} cores). Store: "
+            f"`{r['store']}`. "
             f"Search: {search['trials']} trials ({search['trial_seconds']:.0f} s of trials; "
             f"{search['seconds_this_run']:.0f} s this run), budget {r['budget_ms']} ms, winner "
             f"**{search['winner']}**; teacher `{r['teacher']}`: {ref['score']:.1f}, "
