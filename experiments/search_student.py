@@ -242,7 +242,7 @@ def earlier_tasks(path: Path, names: list[str]) -> list[dict]:
     kept = [t for t in earlier["tasks"] if t["task"] not in names]
     for task in kept:  # reports written before tasks carried their own command and machine
         task.setdefault("command", earlier.get("command", ""))
-        task.setdefault("machine", earlier.get("machine", machine()))
+        task.setdefault("machine", earlier.get("machine"))
     return kept
 
 

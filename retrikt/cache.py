@@ -49,12 +49,17 @@ def key(spec: Any) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write aside then rename, so a killed run never leaves a half-written JSON behind."""
+def replace_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` beside ``path``, then rename, so a killed run never leaves a
+    half-written file behind (the previous one stays until the new one is whole)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    write(tmp)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    replace_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str) + "\n"))
 
 
 def wait_until(

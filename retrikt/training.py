@@ -70,7 +70,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from retrikt.cache import ArtefactCache, key
+from retrikt.cache import ArtefactCache, key, replace_atomic
 from retrikt.errors import ConfigError, RetriktError
 from retrikt.retrieval import mix_neighbours, neighbour_logits
 from retrikt.store import KnowledgeStore, StoreEntry
@@ -420,21 +420,16 @@ class Checkpoint:
         )
 
     def save(self, state: dict[str, Any], **values: Any) -> None:
-        """Write aside then rename: a kill during the write keeps the previous epoch's."""
+        """Written aside then renamed: a kill during the write keeps the previous epoch's."""
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{CHECKPOINT}.{os.getpid()}.tmp")
-        torch.save(
-            {
-                "fingerprint": self.fingerprint,
-                "state": {k: v.state_dict() for k, v in state.items() if v is not None},
-                "torch_rng": torch.get_rng_state(),  # dropout
-                **values,
-            },
-            tmp,
-        )
-        os.replace(tmp, self.path)
+        checkpoint = {
+            "fingerprint": self.fingerprint,
+            "state": {k: v.state_dict() for k, v in state.items() if v is not None},
+            "torch_rng": torch.get_rng_state(),  # dropout
+            **values,
+        }
+        replace_atomic(self.path, lambda tmp: torch.save(checkpoint, tmp))
         logger.info("epoch %d saved to %s", values["epoch"], self.path)
 
     def load(self, state: dict[str, Any]) -> dict[str, Any] | None:
