@@ -240,9 +240,10 @@ def earlier_tasks(path: Path, names: list[str]) -> list[dict]:
         return []
     earlier = json.loads(path.read_text())
     kept = [t for t in earlier["tasks"] if t["task"] not in names]
-    for task in kept:  # reports written before tasks carried their own command and machine
+    for task in kept:  # reports written before tasks carried their command, machine and store
         task.setdefault("command", earlier.get("command", ""))
         task.setdefault("machine", earlier.get("machine"))
+        task.setdefault("store", "the training split labelled by the teacher")
     return kept
 
 

@@ -59,6 +59,7 @@ def replace_atomic(path: Path, write: Callable[[Path], object]) -> None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
+    """``data`` as indented JSON at ``path``, never half-written (see :func:`replace_atomic`)."""
     replace_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str) + "\n"))
 
 

@@ -32,5 +32,6 @@ def test_earlier_tasks_are_kept_with_their_command_and_machine_unless_redone(tmp
     }))  # fmt: skip
     kept = script.earlier_tasks(report, ["copa"])
     assert kept == [{"task": "cb", "rows": [], "command": "search_student.py --tasks cb",
-                     "machine": old_machine}]  # fmt: skip
+                     "machine": old_machine,
+                     "store": "the training split labelled by the teacher"}]  # fmt: skip
     assert script.earlier_tasks(report, ["cb", "copa"]) == []
