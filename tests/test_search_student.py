@@ -273,6 +273,31 @@ def test_pareto_front_and_recommendations():
     assert by_budget == {5.0: "a", 7.5: "a", 10.0: "b", 15.0: "b", 20.0: "d"}
 
 
+def test_incumbent_is_the_deepest_full_width_cut_within_budget(monkeypatch):
+    from types import SimpleNamespace
+
+    timed = []
+
+    def fake_latency(cache, arch, student, examples, threads):
+        timed.append(arch.layers)
+        return {"latency_ms_p50": 4.0 * arch.layers}
+
+    monkeypatch.setattr(search_module, "cached_latency", fake_latency)
+    bert = SimpleNamespace(num_hidden_layers=6, num_attention_heads=12, hidden_size=384,
+                           intermediate_size=1536)  # fmt: skip
+    searcher = SimpleNamespace(
+        parent=SimpleNamespace(encoder=SimpleNamespace(auto_model=SimpleNamespace(config=bert))),
+        candidate=lambda arch: SimpleNamespace(refresh_keys=lambda: None),
+        cache=None, data=SimpleNamespace(timed=[]),
+        config=SimpleNamespace(latency_threads=1, latency_budget_ms=10.0),
+    )  # fmt: skip
+    row = search_module.Searcher.incumbent(searcher)
+    assert row["name"] == "L2-H12x32-F1536" and row["latency_ms_p50"] == 8.0
+    assert timed == [1, 2, 3]  # stops at the first depth over budget
+    searcher.config.latency_budget_ms = 3.0
+    assert search_module.Searcher.incumbent(searcher) is None
+
+
 # ------------------------------------------------------------------------ the search
 def test_search_runs_resumes_after_a_kill_and_saves_an_ordinary_student(
     data_dir, tmp_path, tiny_teacher, monkeypatch
@@ -302,6 +327,11 @@ def test_search_runs_resumes_after_a_kill_and_saves_an_ordinary_student(
         metrics
     )
     assert student.hidden_size == first["winner"]["architecture"]["hidden"]
+    # The parent's full-width cut within budget (here all of it) was a finalist, scored.
+    cut = [f for f in first["finalists"] if f.get("incumbent")]
+    assert [f["name"] for f in cut] == ["L2-H12x32-F1536"]
+    assert all("heldout_score" in f for f in first["finalists"])
+    assert first["winner"]["heldout_score"] == max(f["heldout_score"] for f in first["finalists"])
 
     # A run killed inside a trial leaves it RUNNING in the study; the rerun retries it.
     import optuna

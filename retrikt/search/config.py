@@ -43,6 +43,11 @@ class SearchConfig(Config):
         2, "best candidates within budget distilled on the training split to pick the winner",
         min=1,
     )  # fmt: skip
+    incumbent: bool = option(
+        True,
+        "also distil the deepest full-width cut of --parent that meets the budget as a "
+        "finalist, so the winner must beat the student you would pick by hand",
+    )
     heldout_fraction: float = option(
         0.15, "share of the training split that scores the finalists", min=0.01, below=1
     )

@@ -72,7 +72,8 @@ def write_report(result: dict[str, Any], out: Path) -> None:
     for f in result["finalists"]:
         held = f.get("heldout_score")
         lines.append(
-            f"- {f['name']}: p50 {f['latency_ms_p50']:.2f} ms"
+            f"- {f['name']}{' (the full-width cut of the parent)' if f.get('incumbent') else ''}"
+            f": p50 {f['latency_ms_p50']:.2f} ms"
             + (f", held-out training slice score {100 * held:.1f}" if held is not None else "")
         )
     student = result.get("student") or {}
