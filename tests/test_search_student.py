@@ -274,6 +274,25 @@ def test_pareto_front_and_recommendations():
 
 
 # ------------------------------------------------------------------------ the search
+def test_finalists_are_redone_when_only_their_own_settings_change(tmp_path):
+    """--epochs and --heldout-fraction do not touch the study's trials but do the finalists'
+    scores: a rerun with other values must not reuse the old finalist results."""
+    store = labelled_store(get_task("cb"), cb_pool(), tmp_path / "store")
+    data = search_module.SearchData(get_task("cb"), [], [], [], [], [], store)
+
+    def path(**changes):
+        config = SearchConfig(task="cb", store=str(store.path), latency_budget_ms=10,
+                              out=str(tmp_path / "out"), **changes)  # fmt: skip
+        searcher = search_module.Searcher(config, data, None, None, None)
+        return searcher.settings_key(), searcher.finalist_path(Architecture(1, 4, 32, 256))
+
+    settings, first = path()
+    for changes in ({"epochs": 3}, {"heldout_fraction": 0.3}):
+        same_study, other = path(**changes)
+        assert same_study == settings and other != first
+    assert path(trials=40)[1] == first  # more trials: the same finalists
+
+
 def test_search_runs_resumes_after_a_kill_and_saves_an_ordinary_student(
     data_dir, tmp_path, tiny_teacher, monkeypatch
 ):

@@ -14,8 +14,8 @@ prediction (model and retrieved neighbours, its own entry left out) on ``proxy_s
 entries it never trained on (MSE for regression). Latency is measured, cached
 (:mod:`retrikt.search.latency`).
 
-**Controller**: Optuna's TPE sampler (multivariate, seeded; a third of the trials random
-first), a scalar objective because the reward already folds latency in. The Pareto front
+**Controller**: Optuna's TPE sampler (multivariate, seeded; a third of the trials, 2 to 10,
+random first), a scalar objective because the reward already folds latency in. The Pareto front
 of proxy loss against latency is read off all trials afterwards
 (:mod:`retrikt.search.report`). The study lives in ``OUT/study.sqlite3`` (Optuna's RDB
 storage): rerunning the command continues it (``load_if_exists``), retrying a trial a
@@ -232,9 +232,16 @@ class Searcher:
         return value
 
     # ------------------------------------------------------------------ finalists
+    def finalist_path(self, arch: Architecture) -> Path:
+        """Where ``arch``'s finalist result is kept: keyed by the study's settings and by
+        what only the finalists depend on (a rerun with other ``--epochs`` redoes them)."""
+        c = self.config
+        spec = {**self.settings_key(), "epochs": c.epochs, "heldout_fraction": c.heldout_fraction}
+        return self.out / "finalists" / f"{arch.name}-{key(spec)}.json"
+
     def finalist(self, arch: Architecture) -> dict[str, Any]:
         """Distil ``arch`` on the training split minus a held-out slice; score that slice."""
-        path = self.out / "finalists" / f"{arch.name}-{key(self.settings_key())}.json"
+        path = self.finalist_path(arch)
         if path.is_file():
             return json.loads(path.read_text())
         fit, heldout = split_for_tuning(
@@ -294,10 +301,11 @@ def open_study(out: Path, settings: dict[str, Any], seed: int, trials: int) -> A
         load_if_exists=True,
     )
     saved = study.user_attrs.get("settings")
+    settings = json.loads(json.dumps(settings, default=str))  # as the study stores it
     if saved is None:
-        study.set_user_attr("settings", json.loads(json.dumps(settings, default=str)))
-    elif saved != json.loads(json.dumps(settings, default=str)):
-        changed = sorted(k for k in settings if saved.get(k) != settings[k])
+        study.set_user_attr("settings", settings)
+    elif saved != settings:
+        changed = sorted(k for k in {*settings, *saved} if saved.get(k) != settings.get(k))
         raise RetriktError(
             f"{out} holds a search with other settings ({', '.join(changed)}); use another "
             "--out, or delete the folder to start over"
