@@ -23,7 +23,8 @@ killed run left unfinished, until ``--trials`` are complete.
 
 **Finalists and winner**: the ``finalists`` best trials within budget are distilled on the
 training split minus a held-out slice (``heldout_fraction``), hidden states included,
-and scored on that slice against gold labels (never the validation split); the winner is
+and scored on that slice against gold labels (never the validation split; the slice's own
+store entries are neither distilled on nor retrieved); the winner is
 distilled on the whole training split by :func:`retrikt.training.train_student` from its
 sliced initialisation and copied to ``OUT/student``: an ordinary student folder that
 ``predict``, ``serve``, ``evaluate`` and ``export`` take as it is.
@@ -48,7 +49,7 @@ from retrikt.search.config import SearchConfig
 from retrikt.search.latency import cached_latency
 from retrikt.search.report import pareto_front, recommendations, write_report
 from retrikt.store import KnowledgeStore, StoreEntry
-from retrikt.student import RetriKT, TrainConfig, evaluate_model
+from retrikt.student import RetriKT, TrainConfig, label_predictions
 from retrikt.student.hidden import HiddenStateLoss, TeacherStates, teacher_states
 from retrikt.student.memory import origin_key
 from retrikt.student.slicing import (
@@ -240,19 +241,27 @@ class Searcher:
         return self.out / "finalists" / f"{arch.name}-{key(spec)}.json"
 
     def finalist(self, arch: Architecture) -> dict[str, Any]:
-        """Distil ``arch`` on the training split minus a held-out slice; score that slice."""
+        """Distil ``arch`` on the training split minus a held-out slice; score that slice.
+
+        A store of the training split holds the slice's examples too, with the teacher's
+        labels: as for the proxy set, they are left out of the distillation and out of
+        their own neighbours, or the score would be the teacher's label read back.
+        """
         path = self.finalist_path(arch)
         if path.is_file():
             return json.loads(path.read_text())
+        task = self.data.task
         fit, heldout = split_for_tuning(
             [ex for ex in self.data.train if ex["label"] is not None],
             self.config.heldout_fraction, self.config.seed,
         )  # fmt: skip
+        held = {origin_key(task, ex) for ex in heldout}
+        entries = [e for e in self.data.store.entries() if origin_key(task, e.fields) not in held]
         started = time.perf_counter()
         student = self.candidate(arch)
-        train(student, fit, self.train_config(self.config.epochs), self.data.store.entries(),
-              self.hidden(arch))  # fmt: skip
-        metrics = evaluate_model(student, self.data.task, heldout, 32)
+        train(student, fit, self.train_config(self.config.epochs), entries, self.hidden(arch))
+        final, _ = student.combined(student.raw_outputs(heldout, exclude_own=True))
+        metrics = task.evaluate(label_predictions(task, final), heldout)
         result = {
             "architecture": arch.to_dict(),
             "heldout_metrics": metrics,
