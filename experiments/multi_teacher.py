@@ -346,6 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    known = [v.name for v in variants(args.rationale_rule)]
+    unknown = sorted(set(args.variants or ()) - set(known))
+    if unknown:  # a typo would otherwise run (and report) nothing
+        parser.error(f"unknown --variants {', '.join(unknown)}; known: {', '.join(known)}")
     args.command = "OMP_NUM_THREADS=1 .venv/bin/python experiments/multi_teacher.py " + shlex.join(
         argv
     )

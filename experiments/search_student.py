@@ -40,7 +40,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from retrikt.cache import ArtefactCache, key, write_json_atomic  # noqa: E402
 from retrikt.harness.artefacts import data_fingerprint  # noqa: E402
 from retrikt.latency import batch1_times_ms, percentiles_ms  # noqa: E402
-from retrikt.search.config import SearchConfig  # noqa: E402
+from retrikt.search.config import INITS, SearchConfig  # noqa: E402
 from retrikt.search.latency import cached_latency, machine  # noqa: E402
 from retrikt.search.search import run_search, search_data  # noqa: E402
 from retrikt.student.slicing import Architecture  # noqa: E402
@@ -350,7 +350,7 @@ def main() -> None:
     parser.add_argument("--proxy-size", type=int, default=64)
     parser.add_argument("--proxy-epochs", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--init", default="slice", choices=("slice", "random"))
+    parser.add_argument("--init", default="slice", choices=INITS)
     parser.add_argument("--latency-examples", type=int, default=30)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--layers", default="1,2,3,4,5,6", help="minilm-l6:N truncations")

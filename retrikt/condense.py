@@ -146,10 +146,14 @@ def _farthest_first(vectors: np.ndarray, size: int, first: int) -> np.ndarray:
     """
     chosen = [first]
     nearest = np.sum((vectors - vectors[first]) ** 2, axis=1)
+    # A kept entry is never the farthest again, even when the rest are copies of kept ones
+    # (distance 0 too, and argmax would pick the first tie: a kept entry, twice).
+    nearest[first] = -np.inf
     for _ in range(size - 1):
         far = int(np.argmax(nearest))
         chosen.append(far)
         np.minimum(nearest, np.sum((vectors - vectors[far]) ** 2, axis=1), out=nearest)
+        nearest[far] = -np.inf
     return np.asarray(chosen, dtype=np.int64)
 
 

@@ -98,6 +98,19 @@ def test_ratio_one_keeps_everything(source, tmp_path):
     assert new.ids() == source.ids()
 
 
+@pytest.mark.parametrize("method", ["kcenter", "confident-diverse"])
+def test_k_center_keeps_entries_whose_vectors_are_copies(tmp_path, method):
+    """Copies are at distance 0 from a kept entry, as kept entries are: once the distinct
+    vectors are kept, the farthest must still be one not kept yet."""
+    vectors = np.random.default_rng(5).standard_normal((10, 8))
+    vectors[[5, 7]] = vectors[2]
+    store = vector_store(tmp_path / "src", vectors, [0] * 10)
+    for ratio, kept in ((1.0, 10), (0.9, 9)):
+        config = CondenseConfig(ratio=ratio, method=method)
+        new = condense(store, tmp_path / f"{method}-{ratio}", config)
+        assert len(set(new.ids())) == kept
+
+
 def test_kcenter_covers_a_clustered_store_better_than_random(tmp_path):
     """One big cluster and nine small ones: random draws land in the big one and leave small
     clusters uncovered; k-center reaches every cluster, so no entry is far from a kept one."""

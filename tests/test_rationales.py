@@ -156,6 +156,12 @@ def test_rationales_are_generated_in_batches_and_resume_from_the_cache(tmp_path,
     assert [e.rationale for e in resumed] == [e.rationale for e in entries]
 
 
+def test_a_rationale_model_without_rationales_is_refused():
+    with pytest.raises(ConfigError, match=r"rationale_model \(--rationale-model\) 'gpt'"):
+        BuildConfig(task="cb", out="s", rl="none", rationale_model="gpt")
+    assert BuildConfig(task="cb", out="s", rl="none", rationales=True, rationale_model="gpt")
+
+
 def test_build_store_with_rationales_keeps_them_in_the_store(tmp_path, tiny_lm, monkeypatch):
     _stub_stages(monkeypatch, [])
     config = _config(tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from retrikt.search.report import pareto_front, recommendations
 from retrikt.search.search import reward, run_search, sample_architecture
 from retrikt.student import RetriKT, TrainConfig
 from retrikt.student.hidden import HiddenStateLoss, TeacherStates, layer_pairs, teacher_states
+from retrikt.student.memory import origin_key
 from retrikt.student.slicing import (
     Architecture,
     Importance,
@@ -299,6 +301,62 @@ def test_incumbent_is_the_deepest_full_width_cut_within_budget(monkeypatch):
 
 
 # ------------------------------------------------------------------------ the search
+def test_a_finalist_is_scored_without_its_held_out_examples_own_store_entries(
+    tmp_path, monkeypatch
+):
+    """The store holds the training split: a held-out example's own entry (the teacher's
+    label) must be neither distilled on nor retrieved when the finalist is scored."""
+    task = get_task("cb")
+    examples = cb_pool()
+    store = labelled_store(task, examples, tmp_path / "store")
+    data = search_module.SearchData(task, examples, [], [], [], [], store)
+    config = SearchConfig(task="cb", store=str(store.path), latency_budget_ms=10,
+                          out=str(tmp_path / "out"), heldout_fraction=0.25)  # fmt: skip
+    seen = {}
+
+    class Student:
+        def raw_outputs(self, examples, exclude_own=False):
+            seen["scored"], seen["exclude_own"] = examples, exclude_own
+            return examples
+
+        def combined(self, raw):
+            return np.eye(3)[[ex["label"] for ex in raw]], None
+
+    monkeypatch.setattr(search_module.Searcher, "candidate", lambda self, arch: Student())
+
+    def train(student, fit, cfg, entries, hidden):
+        seen["entries"] = entries
+
+    monkeypatch.setattr(search_module, "train", train)
+    parent = SimpleNamespace(config=SimpleNamespace(encoder=PARENT))
+    searcher = search_module.Searcher(config, data, parent, None, None)
+    result = searcher.finalist(Architecture(1, 4, 32, 256))
+    held = {origin_key(task, ex) for ex in seen["scored"]}
+    assert seen["exclude_own"] and result["heldout_examples"] == len(held) > 0
+    assert not held & {origin_key(task, e.fields) for e in seen["entries"]}
+    assert len(seen["entries"]) == len(store) - len(held)
+    assert result["heldout_score"] == 1.0  # scored against gold, through label_predictions
+
+
+def test_finalists_are_redone_when_only_their_own_settings_change(tmp_path):
+    """--epochs and --heldout-fraction do not touch the study's trials but do the finalists'
+    scores: a rerun with other values must not reuse the old finalist results."""
+    store = labelled_store(get_task("cb"), cb_pool(), tmp_path / "store")
+    data = search_module.SearchData(get_task("cb"), [], [], [], [], [], store)
+
+    def path(**changes):
+        config = SearchConfig(task="cb", store=str(store.path), latency_budget_ms=10,
+                              out=str(tmp_path / "out"), **changes)  # fmt: skip
+        searcher = search_module.Searcher(config, data, None, None, None)
+        return searcher.settings_key(), searcher.finalist_path(Architecture(1, 4, 32, 256))
+
+    settings, first = path()
+    for changes in ({"epochs": 3}, {"heldout_fraction": 0.3}):
+        same_study, other = path(**changes)
+        assert same_study == settings and other != first
+    assert path(trials=40)[1] == first  # more trials: the same finalists
+
+
 def test_search_runs_resumes_after_a_kill_and_saves_an_ordinary_student(
     data_dir, tmp_path, tiny_teacher, monkeypatch
 ):

@@ -1,4 +1,4 @@
-"""``retrikt store``: inspect, verify, sample, merge and re-embed knowledge stores."""
+"""``retrikt store``: inspect, verify, sample, merge, re-embed and condense knowledge stores."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ settings, entries per label); `retrikt store info OUT` shows it.
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "store",
-        help="inspect, verify, sample, merge or re-embed a knowledge store",
+        help="inspect, verify, sample, merge, re-embed or condense a knowledge store",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

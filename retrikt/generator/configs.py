@@ -164,6 +164,11 @@ class BuildConfig(Config):
                 "RL refines a soft prompt: use --prompt-steps > 0 with --rl ppo/grpo, "
                 "or --rl none for the plain instruction-prompted generator"
             )
+        if self.rationale_model is not None and not self.rationales:
+            raise ConfigError(
+                f"BuildConfig.rationale_model (--rationale-model) {self.rationale_model!r} "
+                "writes rationales, but --rationales is off: add --rationales, or drop it"
+            )
         # One seed for every stage, so a build is reproduced by its --seed alone.
         for name in ("sampling", "generator_prompt", "teacher_prompt", "rl_config"):
             setattr(self, name, replace(getattr(self, name), seed=self.seed))

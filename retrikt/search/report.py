@@ -8,7 +8,6 @@ budget and for half, three quarters, one and a half and twice it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +110,3 @@ def plot_front(
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def load(out: Path) -> dict[str, Any]:
-    return json.loads((out / "search.json").read_text())
