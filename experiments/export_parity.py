@@ -88,7 +88,7 @@ def prepare(task_name: str, args: argparse.Namespace) -> dict[str, Path]:
 
 
 def compare(task_name: str, folders: dict[str, Path], args: argparse.Namespace) -> dict[str, Any]:
-    from retrikt.student import RetriKT, label_predictions
+    from retrikt.student import RetriKT
     from retrikt.tasks import get_task
 
     task = get_task(task_name)
@@ -101,7 +101,7 @@ def compare(task_name: str, folders: dict[str, Path], args: argparse.Namespace) 
         raw = model.raw_outputs(examples, batch_size=32)
         final, _ = model.combined(raw)
         seconds = time.perf_counter() - start
-        predictions = label_predictions(task, final)
+        predictions = task.predictions(final)
         labels = [round(p) if task.is_regression else p for p in predictions]
         results[kind] = (final, raw.rows, labels, raw.model)
         out["variants"][kind] = {

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-from retrikt.student.evaluation import label_predictions
 from retrikt.student.model import RetriKT
 
 MIXES = [round(0.1 * i, 1) for i in range(11)]
@@ -41,7 +40,7 @@ def sweep(folder: Path, data_dir: str) -> dict:
 
     def score(mix: float) -> float:
         probs, _ = model.combined(raw, mix=mix)
-        metrics = task.evaluate(label_predictions(task, probs), list(examples))
+        metrics = task.evaluate(task.predictions(probs), list(examples))
         return 100 * float(np.mean(list(metrics.values())))
 
     retrieval = model.config.retrieval

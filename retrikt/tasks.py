@@ -366,6 +366,13 @@ class Task:
         groups = [ex.get("group") for ex in examples] if self.is_multi_answer else None
         return metrics.compute(self.metric_names, preds, golds, groups)
 
+    def predictions(self, outputs: Any) -> list:
+        """What :meth:`evaluate` scores, from a model's ``(n, num_outputs)`` array: the
+        argmax class or choice, or the score column for regression."""
+        if self.is_regression:
+            return [float(p) for p in outputs[:, 0]]
+        return [int(i) for i in outputs.argmax(-1)]
+
     def describe_split(self, examples: list[Example]) -> dict[str, Any]:
         """Size and label distribution, for ``retrikt inspect-data``."""
         labels = [ex["label"] for ex in examples if ex["label"] is not None]

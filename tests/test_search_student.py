@@ -335,7 +335,7 @@ def test_a_finalist_is_scored_without_its_held_out_examples_own_store_entries(
     assert seen["exclude_own"] and result["heldout_examples"] == len(held) > 0
     assert not held & {origin_key(task, e.fields) for e in seen["entries"]}
     assert len(seen["entries"]) == len(store) - len(held)
-    assert result["heldout_score"] == 1.0  # scored against gold, through label_predictions
+    assert result["heldout_score"] == 1.0  # scored against gold, through Task.predictions
 
 
 def test_finalists_are_redone_when_only_their_own_settings_change(tmp_path):

@@ -235,3 +235,14 @@ def test_inspect_data_exits_1_with_one_line(tmp_path, caplog, capsys, content, n
     path.write_bytes(content)
     assert main(["inspect-data", "--task", "cb", "--data-dir", str(tmp_path)]) == 1
     assert needle in caplog.text and "Traceback" not in capsys.readouterr().err
+
+
+def test_predictions_are_what_evaluate_scores():
+    import numpy as np
+
+    outputs = np.array([[0.2, 0.7, 0.1], [0.6, 0.3, 0.1]])
+    assert get_task("cb").predictions(outputs) == [1, 0]
+    assert get_task("copa").predictions(outputs[:, :2]) == [1, 0]
+    assert get_task("stsb").predictions(np.array([[3.5], [1.25]])) == [3.5, 1.25]
+    golds = [{"label": 1}, {"label": 2}]
+    assert get_task("cb").evaluate(get_task("cb").predictions(outputs), golds)["accuracy"] == 0.5

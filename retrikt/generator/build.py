@@ -252,8 +252,7 @@ def measure_teacher(teacher: LLMTeacher, task: Task, examples: list[Example]) ->
     if not examples:
         return {}
     probs = teacher.label_probs(task, examples)
-    preds = probs[:, 0].tolist() if task.is_regression else probs.argmax(axis=1).tolist()
-    return {**task.evaluate(preds, examples), "examples": len(examples)}
+    return {**task.evaluate(task.predictions(probs), examples), "examples": len(examples)}
 
 
 def prepare_generator(

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 
 from retrikt.retrieval import mix_rows
-from retrikt.student.evaluation import label_predictions
 from retrikt.student.memory import Memory, memory_rows
 from retrikt.tasks import CHOICE, Example, Task
 
@@ -79,7 +78,7 @@ class KnnVote:
         for k in ks:
             for temperature in temperatures:
                 probs = self.vote(sims, rows, k, temperature)
-                metrics = self.task.evaluate(label_predictions(self.task, probs), list(examples))
+                metrics = self.task.evaluate(self.task.predictions(probs), list(examples))
                 score = float(np.mean(list(metrics.values())))
                 if best is None or score > best[0]:
                     best = (score, k, temperature)

@@ -31,7 +31,6 @@ from retrikt.harness.methods import METHODS, Fitted, Method
 from retrikt.harness.report import write_report
 from retrikt.harness.scales import HarnessConfig
 from retrikt.latency import batch1_times_ms, percentiles_ms
-from retrikt.student.evaluation import label_predictions
 from retrikt.tasks import Example, Task, get_task
 
 logger = logging.getLogger(__name__)
@@ -48,7 +47,7 @@ def measure(task: Task, fitted: Fitted, examples: list[Example], latency_n: int)
     started = time.perf_counter()
     probs = fitted.predict(examples)
     eval_seconds = time.perf_counter() - started
-    metrics = task.evaluate(label_predictions(task, probs), examples)
+    metrics = task.evaluate(task.predictions(probs), examples)
     times = batch1_times_ms(fitted.predict, examples[: max(latency_n, 0)])
     return {
         "metrics": metrics,

@@ -50,7 +50,7 @@ from retrikt.search.config import SearchConfig
 from retrikt.search.latency import cached_latency
 from retrikt.search.report import pareto_front, recommendations, write_report
 from retrikt.store import KnowledgeStore, StoreEntry
-from retrikt.student import RetriKT, TrainConfig, label_predictions
+from retrikt.student import RetriKT, TrainConfig
 from retrikt.student.hidden import HiddenStateLoss, TeacherStates, teacher_states
 from retrikt.student.memory import origin_key
 from retrikt.student.slicing import (
@@ -287,7 +287,7 @@ class Searcher:
         student = self.candidate(arch)
         train(student, fit, self.train_config(self.config.epochs), entries, self.hidden(arch))
         final, _ = student.combined(student.raw_outputs(heldout, exclude_own=True))
-        metrics = task.evaluate(label_predictions(task, final), heldout)
+        metrics = task.evaluate(task.predictions(final), heldout)
         result = {
             "architecture": arch.to_dict(),
             "heldout_metrics": metrics,

@@ -19,7 +19,6 @@ _EXPORTS = {
     "StudentConfig": "config",
     "TrainConfig": "config",
     "evaluate_model": "evaluation",
-    "label_predictions": "evaluation",
     "Neighbour": "model",
     "Prediction": "model",
     "RetriKT": "model",

@@ -5,20 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from retrikt.errors import RetriktError
 from retrikt.tasks import Example, Task
 
 if TYPE_CHECKING:
     from retrikt.student.model import RetriKT
-
-
-def label_predictions(task: Task, probs: np.ndarray) -> list:
-    """What ``Task.evaluate`` scores: class/choice indices, or scores for regression."""
-    if task.is_regression:
-        return [float(p) for p in probs[:, 0]]
-    return [int(i) for i in probs.argmax(-1)]
 
 
 def evaluate_model(
@@ -28,4 +19,4 @@ def evaluate_model(
     if model.task.name != task.name:
         raise RetriktError(f"this student was trained for {model.task.name}, not {task.name}")
     probs = model.predict_examples(examples, batch_size)
-    return task.evaluate(label_predictions(task, probs), list(examples))
+    return task.evaluate(task.predictions(probs), list(examples))

@@ -149,8 +149,7 @@ class Combination:
 
 def heldout_score(task: Task, probs: np.ndarray, examples: Sequence[Example]) -> float:
     """The mean of the task's metrics of one teacher's outputs on labelled examples."""
-    preds = probs[:, 0].tolist() if task.is_regression else probs.argmax(axis=1).tolist()
-    metrics = task.evaluate(preds, list(examples))
+    metrics = task.evaluate(task.predictions(probs), list(examples))
     return float(np.mean([metrics[name] for name in task.metric_names]))
 
 
