@@ -238,9 +238,12 @@ def test_latency_is_measured_once_per_architecture(parent, tmp_path, monkeypatch
         return measure(*args)
 
     monkeypatch.setattr(latency_module, "measure_latency", counting)
-    first = latency_module.cached_latency(cache, arch, student, timed, threads=1)
-    second = latency_module.cached_latency(cache, arch, student, timed, threads=1)
+    refreshed = []
+    monkeypatch.setattr(student, "refresh_keys", lambda: refreshed.append(1))  # no store here
+    first = latency_module.cached_latency(cache, arch, student, timed, threads=1, refresh=True)
+    second = latency_module.cached_latency(cache, arch, student, timed, threads=1, refresh=True)
     assert len(calls) == 1 and first["latency_ms_p50"] == second["latency_ms_p50"] > 0
+    assert refreshed == [1]  # the store is embedded for the measurement only, not on a hit
     other = Architecture(layers=1, heads=4, head_dim=32, ffn=512)
     latency_module.cached_latency(cache, other, student, timed, threads=1)
     assert len(calls) == 2  # another architecture is timed again
@@ -280,7 +283,8 @@ def test_incumbent_is_the_deepest_full_width_cut_within_budget(monkeypatch):
 
     timed = []
 
-    def fake_latency(cache, arch, student, examples, threads):
+    def fake_latency(cache, arch, student, examples, threads, refresh=False):
+        assert refresh  # an untrained candidate's store keys are embedded before timing
         timed.append(arch.layers)
         return {"latency_ms_p50": 4.0 * arch.layers}
 
@@ -289,7 +293,7 @@ def test_incumbent_is_the_deepest_full_width_cut_within_budget(monkeypatch):
                            intermediate_size=1536)  # fmt: skip
     searcher = SimpleNamespace(
         parent=SimpleNamespace(encoder=SimpleNamespace(auto_model=SimpleNamespace(config=bert))),
-        candidate=lambda arch: SimpleNamespace(refresh_keys=lambda: None),
+        candidate=lambda arch: SimpleNamespace(),
         cache=None, data=SimpleNamespace(timed=[]),
         config=SimpleNamespace(latency_threads=1, latency_budget_ms=10.0),
     )  # fmt: skip

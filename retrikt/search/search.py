@@ -248,11 +248,10 @@ class Searcher:
         best = None
         for layers in range(1, full.layers + 1):
             arch = replace(full, layers=layers)
-            student = self.candidate(arch)
-            student.refresh_keys()
             timing = cached_latency(
-                self.cache, arch, student, self.data.timed, self.config.latency_threads
-            )
+                self.cache, arch, self.candidate(arch), self.data.timed,
+                self.config.latency_threads, refresh=True,
+            )  # fmt: skip
             if timing["latency_ms_p50"] > self.config.latency_budget_ms:
                 break
             best = {"name": arch.name, "architecture": arch.to_dict(), "incumbent": True,
