@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import statistics
 import sys
@@ -228,12 +229,14 @@ def write_report(results: dict[str, Any], args: argparse.Namespace) -> None:
         "```",
         "",
         f"Every row is the harness's `{METHOD}` student (minilm-l6) at scale `full`: the "
-        "store is the whole training split with the teachers' soft labels, 5 epochs, "
+        "store is the whole training split with the teachers' soft labels, "
+        f"{SCALES['full'].epochs} epochs, "
         "`--tune-retrieval`; scored on the whole validation split, mean ± sd over the seeds "
         "done. Only the store and the rationale options differ. *store label* is the "
         "store's label for the validation examples (the combined teacher) scored the same "
-        "way. Scores x100, the task's official metrics. Times are of one process with one "
-        "torch thread on a 2-core machine shared with other jobs: upper bounds.",
+        "way. Scores x100, the task's official metrics. Times are of one process with "
+        f"{args.threads} torch thread(s) on a {os.cpu_count()}-core machine shared with other "
+        "jobs: upper bounds.",
         "",
     ]
     for task_name, entry in results.items():
