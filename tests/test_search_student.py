@@ -376,6 +376,9 @@ def test_search_runs_resumes_after_a_kill_and_saves_an_ordinary_student(
     assert main([*args, "--trials", "2"]) == 0
     first = json.loads((out / "search.json").read_text())
     assert len(first["trials"]) == 2
+    # The teacher's hidden states reached every trial's training, and the report shows it.
+    assert all(t["hidden_loss"] is not None and t["hidden_loss"] > 0 for t in first["trials"])
+    assert f"{first['trials'][0]['hidden_loss']:.4f}" in (out / "search.md").read_text()
     for name in ("search.md", "pareto.png", "study.sqlite3"):
         assert (out / name).is_file()
     assert first["front"] and first["recommended"][2]["name"] is not None

@@ -54,14 +54,17 @@ def write_report(result: dict[str, Any], out: Path) -> None:
         f"{config['penalty']} x max(0, latency - budget).",
         "",
         "| trial | architecture | hidden | params (M) | p50 ms | proxy loss | fidelity | reward "
-        "| front |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|:-:|",
+        "| hidden-state loss | front |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|:-:|",
     ]
     for row in sorted(trials, key=lambda t: t["latency_ms_p50"]):
+        hidden = row.get("hidden_loss")  # the trial's last 5 steps; None: no teacher states
         lines.append(
             f"| {row['trial']} | {row['name']} | {row['architecture']['hidden']} | "
             f"{row['params'] / 1e6:.1f} | {row['latency_ms_p50']:.2f} | {row['loss']:.4f} | "
-            f"{row['fidelity']:.3f} | {row['reward']:.4f} | {'*' if row['name'] in front else ''} |"
+            f"{row['fidelity']:.3f} | {row['reward']:.4f} | "
+            f"{'—' if hidden is None else f'{hidden:.4f}'} | "
+            f"{'*' if row['name'] in front else ''} |"
         )
     lines += ["", "## Recommended architecture per budget", "", "| budget ms | architecture |",
               "|---:|---|"]  # fmt: skip

@@ -221,7 +221,7 @@ class Searcher:
             "latency_ms_p50": latency,
             "latency_ms_p95": timing["latency_ms_p95"],
             "params": params,
-            "hidden_loss": float(np.mean([h.get("hidden", np.nan) for h in history[-5:]])),
+            "hidden_loss": _last_hidden_loss(history),
             "seconds": round(time.perf_counter() - started, 1),
         }
         for name, attr in attrs.items():
@@ -454,6 +454,12 @@ def cached_importance(
     return Importance.load(folder / "importance.safetensors")
 
 
+def _last_hidden_loss(history: list[dict[str, float]]) -> float | None:
+    """Mean hidden-state loss of a trial's last 5 logged steps; None without teacher states."""
+    values = [h["hidden"] for h in history[-5:] if "hidden" in h]
+    return float(np.mean(values)) if values else None
+
+
 def trial_rows(study: Any) -> list[dict[str, Any]]:
     """One row per complete trial: architecture, proxy loss, latency, reward."""
     rows = []
@@ -467,7 +473,8 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
                 "architecture": arch,
                 "reward": float(trial.value),
                 **{k: attrs.get(k) for k in ("loss", "fidelity", "latency_ms_p50",
-                                              "latency_ms_p95", "params", "seconds")},
+                                              "latency_ms_p95", "params", "seconds",
+                                              "hidden_loss")},
             }
         )  # fmt: skip
     return rows
