@@ -271,6 +271,12 @@ def main() -> None:
     parser.add_argument("--out", default="experiments/results/teachers.md")
     parser.add_argument("--no-student", action="store_true", help="teachers only")
     parser.add_argument(
+        "--no-teachers",
+        action="store_true",
+        help="student-ft only (the teacher rows already in the report are kept; none is "
+        "trained): fills the student column of tasks whose teachers' folders are gone",
+    )
+    parser.add_argument(
         "--print-best",
         action="store_true",
         help="print `--teacher TASK=DIR` flags of the best measured teachers (for `retrikt "
@@ -298,7 +304,7 @@ def main() -> None:
         write_report(results, args)
 
     for task in args.tasks.split(","):
-        for name in args.teachers.split(","):
+        for name in [] if args.no_teachers else args.teachers.split(","):
             record(task, teachers={name: run_teacher(task, CANDIDATES[name], args)})
         if not args.no_student:
             record(task, student=student_ft(task, args))
