@@ -98,7 +98,11 @@ def run_teacher(task: str, candidate: Candidate, args: argparse.Namespace) -> di
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - started
         cost["attempts"].append(
-            {"seconds": round(seconds, 1), "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2)}
+            {
+                "seconds": round(seconds, 1),
+                "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2),
+                "cpu": _cpu(),
+            }
         )
         cost["command"] = shlex.join(command)
         write_json_atomic(cost_path, cost)
@@ -119,6 +123,7 @@ def run_teacher(task: str, candidate: Candidate, args: argparse.Namespace) -> di
         "steps": steps,
         "minutes": round(sum(a["seconds"] for a in attempts) / 60, 1) if attempts else None,
         "peak_rss_gb": max((a["peak_rss_gb"] for a in attempts), default=None),
+        "cpu": " + ".join(dict.fromkeys(a["cpu"] for a in attempts if "cpu" in a)) or None,
         "command": cost.get("command"),
     }
 
@@ -185,8 +190,9 @@ def write_report(results: dict, args: argparse.Namespace) -> None:
         "is the harness's fine-tuned minilm-l6 student at scale `full` (the whole training "
         "split, mean ± sd over seeds). Scores x100, the task's official metrics. Minutes "
         "and peak memory are of one process with one torch thread on a 2-core machine "
-        "shared with other jobs (bf16 autocast where the CPU has it: "
-        f"{_cpu_note()}), so times are upper bounds.",
+        "shared with other jobs, so times are upper bounds; *CPU* is the machine each "
+        "teacher trained on, with bf16 autocast where that CPU has it and fp32 where not "
+        "(compare times only within a CPU).",
         "",
     ]
     for task_name, entry in results.items():
@@ -195,8 +201,8 @@ def write_report(results: dict, args: argparse.Namespace) -> None:
         lines += [f"## {task_name}", ""]
         head = "| teacher | tuning | held-out | validation (" + ", ".join(task.metric_names)
         lines += [
-            head + ") | vs student-ft | steps | minutes | peak GB |",
-            "|---|---|---:|---|---:|---:|---:|---:|",
+            head + ") | vs student-ft | steps | minutes | peak GB | CPU |",
+            "|---|---|---:|---|---:|---:|---:|---:|---|",
         ]
         if student:
             scores = ", ".join(
@@ -204,11 +210,11 @@ def write_report(results: dict, args: argparse.Namespace) -> None:
             )
             lines.append(
                 f"| student-ft (minilm-l6, {student['seeds']} seeds) | full | | {scores} | | | "
-                f"{student['minutes']} | |"
+                f"{student['minutes']} | | |"
             )
         for name, r in entry.get("teachers", {}).items():
             if r["status"] != "ok":
-                lines.append(f"| {name} | {CANDIDATES[name].tuning} | {r['status']} |||||||")
+                lines.append(f"| {name} | {CANDIDATES[name].tuning} | {r['status']} ||||||||")
                 continue
             scores = ", ".join(f"{100 * r['validation'][n]:.1f}" for n in task.metric_names)
             gap = ""
@@ -217,7 +223,8 @@ def write_report(results: dict, args: argparse.Namespace) -> None:
                 gap = f"{100 * (score(task, r['validation']) - score(task, means)):+.1f}"
             lines.append(
                 f"| {name} | {r['tuning']} | {100 * score(task, r['heldout']):.1f} | {scores} | "
-                f"{gap} | {r['steps']} | {r['minutes']} | {r['peak_rss_gb']} |"
+                f"{gap} | {r['steps']} | {r['minutes']} | {r['peak_rss_gb']} | "
+                f"{r.get('cpu') or 'not recorded'} |"
             )
         best = best_teacher(task, entry)
         if best:
@@ -254,10 +261,12 @@ def best_flags(results: dict, tasks: list[str]) -> list[str]:
     return flags
 
 
-def _cpu_note() -> str:
-    from retrikt.generator.lm import bf16_supported
+def _cpu() -> str:
+    """This machine's CPU and the dtype train-teacher runs in on it (times depend on both)."""
+    from retrikt.doctor import cpu_features
 
-    return "this one has bf16" if bf16_supported() else "this one has no bf16: fp32"
+    cpu = cpu_features()
+    return f"{cpu['model']}, {'bf16' if cpu['bf16_fast'] else 'fp32'}"
 
 
 def main() -> None:
