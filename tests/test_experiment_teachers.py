@@ -57,3 +57,24 @@ def test_a_run_keeps_the_rows_a_parallel_run_wrote_meanwhile(teachers, tmp_path,
     assert "| gemma-lora | lora | 62.0 | 62.0 |" in report
     assert "| qwen-lora | lora | 70.0 | 70.0 |" in report
     assert "a note kept by hand" in report
+
+
+def test_no_teachers_fills_the_student_column_without_training_any(teachers, tmp_path, monkeypatch):
+    """The teachers' folders go with their machine; the student-ft column must still fill."""
+    out = tmp_path / "teachers.md"
+    row = {**_row(0.70), "cpu": "AMD EPYC, fp32"}
+    out.with_suffix(".json").write_text(json.dumps({"rte": {"teachers": {"qwen-lora": row}}}))
+
+    def no_training(*args):
+        raise AssertionError("--no-teachers trained a teacher")
+
+    student = {"seeds": 3, "metrics": {"accuracy": [0.60, 0.01]}, "minutes": 2.0}
+    monkeypatch.setattr(teachers, "run_teacher", no_training)
+    monkeypatch.setattr(teachers, "student_ft", lambda task, args: student)
+    argv = ["--tasks", "rte", "--no-teachers", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", ["teachers.py", *argv])
+    teachers.main()
+
+    report = out.read_text()
+    assert "| student-ft (minilm-l6, 3 seeds) | full | | 60.0 ± 1.0 |" in report
+    assert "| qwen-lora | lora | 70.0 | 70.0 | +10.0 | 1 | 0.1 | 1.0 | AMD EPYC, fp32 |" in report

@@ -597,12 +597,16 @@ def build_store(config: BuildConfig) -> Path:
         teachers=teachers,
         combination=combination,
     )
-    store.add(entries, embeddings)
+    added = store.add(entries, embeddings)
     store.save()
     if out.exists():
         shutil.rmtree(out)
     os.replace(staging, out)
-    logger.info("wrote %d entries to %s", len(entries), out)
+    repeats = len(entries) - added  # e.g. CoLA's training split repeats 19 sentences
+    logger.info(
+        "wrote %d entries to %s%s", added, out,
+        f" ({repeats} repeated examples kept once)" if repeats else "",
+    )  # fmt: skip
     return out
 
 
