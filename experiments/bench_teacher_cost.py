@@ -149,18 +149,18 @@ def main() -> None:
         print(json.dumps(measure(*args.one, grouped, args.steps, args.data_dir)))
         return
     from retrikt.doctor import cpu_features
-    from retrikt.generator.lm import bf16_supported
 
     load_before = os.getloadavg()[0]
+    cpu = cpu_features()
     settings = SETTINGS
-    if not bf16_supported():  # a bf16 row would time fp32 again under another name
-        settings = [s for s in SETTINGS if s[2] or not s[3]]
+    if not cpu["bf16_fast"]:  # a bf16 row would time fp32 again under another name
+        settings = [(m, t, fp32, grouped) for m, t, fp32, grouped in SETTINGS
+                    if fp32 or not grouped]  # fmt: skip
         logging.info("no bf16 on this CPU: timing fp32 only")
     lines = []
     for setting in settings:
         lines.append(row(*setting, run_setting(*setting, args)))
         logging.info("%s", lines[-1])
-    cpu = cpu_features()
     text = "\n".join(
         [
             "# Teacher tuning cost: seconds per training step",
