@@ -209,7 +209,8 @@ def write_report(results: dict, args: argparse.Namespace) -> None:
                 f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in student["metrics"].values()
             )
             lines.append(
-                f"| student-ft (minilm-l6, {student['seeds']} seeds) | full | | {scores} | | | "
+                f"| student-ft (minilm-l6, {student['seeds']} seed{'s' * (student['seeds'] != 1)}) "
+                f"| full | | {scores} | | | "
                 f"{student['minutes']} | | |"
             )
         for name, r in entry.get("teachers", {}).items():
