@@ -44,6 +44,7 @@ from retrikt.condense import METHODS as CONDENSERS
 from retrikt.condense import CondenseConfig, condense
 from retrikt.harness.artefacts import TaskContext
 from retrikt.harness.methods import METHODS, StudentMethod
+from retrikt.harness.report import format_mean_sd, mean_sd
 from retrikt.harness.running import result_path, run_method
 from retrikt.harness.scales import SCALES, HarnessConfig
 from retrikt.store import KnowledgeStore
@@ -222,10 +223,6 @@ def units(args: argparse.Namespace) -> list[Unit]:
 FULL_METHOD = "full store"
 
 
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def write_report(rows: list[dict[str, Any]], runs: dict[str, TaskRun], args) -> None:
     out = Path(args.out)
     lines = [
@@ -281,8 +278,9 @@ def write_report(rows: list[dict[str, Any]], runs: dict[str, TaskRun], args) -> 
                     r["score"] for r in task_rows if r["method"] == method and r["size"] == size
                 ]  # fmt: skip
                 if scores:
-                    mean, sd = _mean_sd(scores)
-                    cells.append(f"{100 * mean:.1f} ± {100 * sd:.1f} (n={len(scores)})")
+                    mean, sd = mean_sd(scores)
+                    cells.append(f"{format_mean_sd(100 * mean, 100 * sd, len(scores))} "
+                                 f"(n={len(scores)})")  # fmt: skip
                 else:
                     cells.append("—")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -342,7 +340,7 @@ def render_chart(rows: list[dict], tasks: list[str], args, path: Path) -> None:
                     r["score"] for r in task_rows if r["method"] == method and r["size"] == size
                 ]  # fmt: skip
                 if scores:
-                    points.append((size, *_mean_sd(scores)))
+                    points.append((size, *mean_sd(scores)))
             if any(size != FULL for size, _, _ in points):
                 x, mean, sd = (np.asarray(v) for v in zip(*points, strict=True))
                 ax.errorbar(x, 100 * mean, yerr=100 * sd, marker="o", capsize=3, label=method)

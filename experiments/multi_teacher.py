@@ -42,6 +42,7 @@ from typing import Any
 from retrikt.cache import ArtefactCache, write_json_atomic
 from retrikt.harness.artefacts import TaskContext
 from retrikt.harness.methods import METHODS
+from retrikt.harness.report import format_mean_sd, mean_sd
 from retrikt.harness.scales import SCALES, HarnessConfig
 from retrikt.tasks import get_task
 from retrikt.teachers.ensemble import RULES
@@ -204,9 +205,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def _mean_sd(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.1f} ± {100 * sd:.1f}"
+def _over_seeds(values: list[float]) -> str:
+    mean, sd = mean_sd(values)
+    return format_mean_sd(100 * mean, 100 * sd, len(values))
 
 
 def _scores(metrics: dict[str, Any] | None, names: tuple[str, ...]) -> str:
@@ -278,7 +279,7 @@ def write_report(results: dict[str, Any], args: argparse.Namespace) -> None:
         ]
         for name, row in entry["variants"].items():
             runs = list(row["seeds"].values())
-            student = ", ".join(_mean_sd([r["metrics"][n] for r in runs]) for n in names if runs)
+            student = ", ".join(_over_seeds([r["metrics"][n] for r in runs]) for n in names if runs)
             train_min = f"{statistics.mean(r['seconds'] for r in runs) / 60:.1f}" if runs else ""
             store = row["store"]
             lines.append(

@@ -39,6 +39,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from retrikt.cache import ArtefactCache, key, write_json_atomic  # noqa: E402
 from retrikt.harness.artefacts import data_fingerprint  # noqa: E402
+from retrikt.harness.report import format_mean_sd, mean_sd  # noqa: E402
 from retrikt.latency import batch1_times_ms, percentiles_ms  # noqa: E402
 from retrikt.search.config import INITS, SearchConfig  # noqa: E402
 from retrikt.search.latency import cached_latency, machine  # noqa: E402
@@ -181,12 +182,11 @@ def run_task(task: Task, args: argparse.Namespace, cache: ArtefactCache) -> dict
         student = load_student(folder)
         predictors[f"{method} {arch.name}"] = student.predict_examples
         timing = cached_latency(cache, arch, student, timed, 1)
-        scores = [r["score"] for r in runs]
+        mean, sd = mean_sd([r["score"] for r in runs])
         return {
             "method": method, "architecture": arch.name, "hidden": arch.hidden,
             "params_m": sum(p.numel() for p in student.parameters()) / 1e6,
-            "latency_ms": timing["latency_ms_p50"], "score": statistics.mean(scores),
-            "sd": statistics.stdev(scores) if len(scores) > 1 else 0.0, "runs": runs,
+            "latency_ms": timing["latency_ms_p50"], "score": mean, "sd": sd, "runs": runs,
         }  # fmt: skip
 
     predictors: dict[str, Any] = {}
@@ -293,9 +293,10 @@ def write_report(results: list[dict], args: argparse.Namespace) -> None:
             "|---|---|---:|---:|---:|---:|---:|",
         ]
         for row in r["rows"]:
+            shown = format_mean_sd(row["score"], row["sd"], len(row["runs"]))
             lines.append(
                 f"| {row['method']} | {row['architecture']} | {row['params_m']:.1f} | "
-                f"{row['latency_ms']:.2f} | {row['score']:.1f} ± {row['sd']:.1f} | "
+                f"{row['latency_ms']:.2f} | {shown} | "
                 f"{100 * row['of_teacher']:.0f}% | {row['speedup']:.1f}x |"
             )
         fast = r["fastest_at_90"]

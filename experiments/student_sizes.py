@@ -26,6 +26,8 @@ matplotlib.use("Agg")  # files only: no display on a server
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
+from retrikt.harness.report import format_mean_sd  # noqa: E402
+
 METHODS = ("student-ft", "student-kd", "retrikt")
 REFERENCES = ("teacher", "llm-prompt")  # whichever the tables have: the model being replaced
 logger = logging.getLogger("student_sizes")
@@ -46,6 +48,7 @@ def collect(paths: list[Path]) -> dict[str, list[dict]]:
                     "method": row["method"],
                     "score": 100 * row["score"]["mean"],
                     "std": 100 * row["score"]["std"],
+                    "runs": row["runs"],
                     "latency_ms": row["latency_ms_p50"],
                     "params_m": row["params"] / 1e6,
                     "scale": table["scale"]["name"],
@@ -96,8 +99,9 @@ def write_markdown(by_task: dict[str, list[dict]], out: Path, command: str) -> N
             if teacher is not None and row is not teacher:
                 share = f"{100 * row['score'] / teacher['score']:.0f}%"
                 speedup = f"{teacher['latency_ms'] / row['latency_ms']:.0f}x"
+            shown = format_mean_sd(row["score"], row["std"], row["runs"])
             lines.append(
-                f"| {encoder} | {row['method']} | {row['score']:.1f} ± {row['std']:.1f} | "
+                f"| {encoder} | {row['method']} | {shown} | "
                 f"{row['latency_ms']:.1f} | {row['params_m']:.1f} | {share} | {speedup} |"
             )
         lines.append("")

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retrikt.cache import write_json_atomic
+from retrikt.harness.report import format_mean_sd, mean_sd
 from retrikt.tasks import Task
 from retrikt.teachers.loading import EVAL_RESULTS, TEACHER_CONFIG, TRAINING_LOG
 
@@ -151,19 +152,9 @@ def student_ft(task: str, args: argparse.Namespace) -> dict | None:
     names = list(rows[0]["metrics"])
     return {
         "seeds": len(rows),
-        "metrics": {
-            n: [
-                statistics.mean(r["metrics"][n] for r in rows),
-                _sd([r["metrics"][n] for r in rows]),
-            ]
-            for n in names
-        },
+        "metrics": {n: list(mean_sd([r["metrics"][n] for r in rows])) for n in names},
         "minutes": round(statistics.mean(r["train_seconds"] for r in rows) / 60, 1),
     }
-
-
-def _sd(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def write_report(results: dict, args: argparse.Namespace) -> None:
@@ -206,7 +197,8 @@ def write_report(results: dict, args: argparse.Namespace) -> None:
         ]
         if student:
             scores = ", ".join(
-                f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in student["metrics"].values()
+                format_mean_sd(100 * m, 100 * s, student["seeds"])
+                for m, s in student["metrics"].values()
             )
             lines.append(
                 f"| student-ft (minilm-l6, {student['seeds']} seed{'s' * (student['seeds'] != 1)}) "

@@ -74,6 +74,10 @@ def _config(tmp_path: Path, data_dir: Path, store: Path, **changes) -> HarnessCo
     return replace(config, **changes)
 
 
+def _summary(tmp_path: Path) -> list[dict]:
+    return json.loads((tmp_path / "results" / "tiny.json").read_text())["summary"]
+
+
 def test_report_caching_and_resume(tmp_path, data_dir, cb_store, monkeypatch):
     trains = Counter(training.train_student)
     fits = {cls: Counter(cls.fit) for cls in (StudentMethod, KnnOnly)}
@@ -119,6 +123,12 @@ def test_report_caching_and_resume(tmp_path, data_dir, cb_store, monkeypatch):
     assert (trains.calls, fits[StudentMethod].calls, fits[KnnOnly].calls) == (2, 3, 1)
     run_harness(replace(config, seeds=[0], scale=replace(TINY, epochs=2)))
     assert (trains.calls, fits[StudentMethod].calls, fits[KnnOnly].calls) == (3, 4, 1)
+    # One seed has no spread: its cells show the value alone, not a "± 0.0" it never measured.
+    one = next(s for s in _summary(tmp_path) if s["method"] == "student-ft")
+    markdown = (tmp_path / "results" / "tiny.md").read_text()
+    assert f"| student-ft | {100 * one['score']['mean']:.1f} | " in markdown
+    assert not [line for line in markdown.splitlines() if line.startswith("| student-ft |")
+                and "±" in line]  # fmt: skip
 
     # --cached-only writes the table of what is finished and starts nothing new.
     rows = run_harness(replace(config, seeds=[0, 1, 2], cached_only=True))
@@ -129,7 +139,11 @@ def test_report_caching_and_resume(tmp_path, data_dir, cb_store, monkeypatch):
         ("student-ft", 2, "pending"),
         ("knn-only", None, "ok"),
     ]
-    assert "|  | seed 2: not run yet |" in (tmp_path / "results" / "tiny.md").read_text()
+    markdown = (tmp_path / "results" / "tiny.md").read_text()
+    assert "|  | seed 2: not run yet |" in markdown
+    two = next(s for s in _summary(tmp_path) if s["method"] == "student-ft")["score"]
+    cell = f"{100 * two['mean']:.1f} ± {100 * two['std']:.1f} (n=2)"  # 2 of 3 seeds so far
+    assert f"| student-ft | {cell} | " in markdown
 
     # Another machine: the cache of models is gone, the results (committed) are kept.
     before = run_harness(config)

@@ -19,9 +19,21 @@ from retrikt.tasks import get_task
 logger = logging.getLogger(__name__)
 
 
-def _std(values: list[float]) -> float:
-    """Sample standard deviation (ddof=1); 0 for a single run."""
-    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1) over runs; the sd of a single run is 0."""
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return float(np.mean(values)), sd
+
+
+def format_mean_sd(mean: float, sd: float, runs: int) -> str:
+    """``61.2 ± 3.9`` over several runs, ``61.2`` alone for one: one seed has no spread, and
+    printing ``± 0.0`` would claim one. Every report that shows seeds formats through here."""
+    return f"{mean:.1f} ± {sd:.1f}" if runs > 1 else f"{mean:.1f}"
+
+
+def _stat(values: list[float]) -> dict[str, float]:
+    mean, sd = mean_sd(values)
+    return {"mean": mean, "std": sd}
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -44,15 +56,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry["reason"] = missing[0].get("reason", "")
             entry["missing_seeds"] = [r["seed"] for r in missing]
         metric_names = list(ok[0]["metrics"])
-        entry["metrics"] = {
-            name: {
-                "mean": float(np.mean([r["metrics"][name] for r in ok])),
-                "std": _std([r["metrics"][name] for r in ok]),
-            }
-            for name in metric_names
-        }
-        scores = [r["score"] for r in ok]
-        entry["score"] = {"mean": float(np.mean(scores)), "std": _std(scores)}
+        entry["metrics"] = {name: _stat([r["metrics"][name] for r in ok]) for name in metric_names}
+        entry["score"] = _stat([r["score"] for r in ok])
         entry["seeds"] = [r["seed"] for r in ok]
         entry["params"] = ok[0]["params"]
         entry["train_seconds"] = float(np.mean([r["train_seconds"] for r in ok]))
@@ -78,11 +83,8 @@ def averages(summary: list[dict], tasks: list[str], methods: list[str]) -> dict[
     }
 
 
-def _cell(stat: dict[str, float] | None, seeded: bool) -> str:
-    if stat is None:
-        return "—"
-    mean = f"{100 * stat['mean']:.1f}"
-    return f"{mean} ± {100 * stat['std']:.1f}" if seeded else mean
+def _cell(stat: dict[str, float], runs: int) -> str:
+    return format_mean_sd(100 * stat["mean"], 100 * stat["std"], runs)
 
 
 def describe_given_store(task: str, path: Path) -> str:
@@ -125,7 +127,8 @@ def render_markdown(config: HarnessConfig, rows: list[dict], summary: list[dict]
         f"- Student encoder `{config.encoder}`, generator `{config.generator}`, seeds "
         f"{', '.join(map(str, config.seeds))}; every number is on the official validation "
         "split with the task's official metrics, ×100, as mean ± sample std over seeds "
-        "(methods that do not depend on the seed ran once and show no ±).",
+        "(a single run shows no ±: methods that do not depend on the seed run once, and a "
+        "summary cell with fewer runs than seeds so far says how many, as n=).",
         "- Task score = mean of the task's official metrics (the GLUE convention). Latency: "
         f"CPU, batch 1, p50 in ms, {config.threads or os.cpu_count()} torch thread(s), on a "
         f"{os.cpu_count()}-core machine shared with other jobs (indicative only). Train s: "
@@ -145,7 +148,10 @@ def render_markdown(config: HarnessConfig, rows: list[dict], summary: list[dict]
             if entry is None or "score" not in entry:
                 cells.append("n/a" if entry and entry["status"] == "n/a" else "—")
                 continue
-            cells.append(_cell(entry["score"], seeded[method]))
+            cell = _cell(entry["score"], entry["runs"])
+            if seeded[method] and entry["runs"] < len(config.seeds):
+                cell += f" (n={entry['runs']})"  # seeds still to run: say how many did
+            cells.append(cell)
             params.add(entry["params"])
             train.append(entry["train_seconds"])
             if entry["latency_ms_p50"] is not None:
@@ -182,7 +188,7 @@ def render_markdown(config: HarnessConfig, rows: list[dict], summary: list[dict]
                     f"| {method} | {entry['status']}: {note} |" + " |" * (len(metric_names) + 4)
                 )
                 continue
-            cells = [_cell(entry["metrics"][name], seeded[method]) for name in metric_names]
+            cells = [_cell(entry["metrics"][name], entry["runs"]) for name in metric_names]
             latency = entry["latency_ms_p50"]
             lines.append(
                 f"| {method} | "
