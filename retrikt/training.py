@@ -33,7 +33,8 @@ equal weights; each can be switched off for ablations:
 schedule, the batch and distillation random streams, dropout's random state, the store keys,
 the loss history) after every epoch to ``checkpoint_dir``; a rerun after a kill loads it and
 goes on from the next epoch, reaching the same weights as a run that was never stopped. A
-checkpoint records the settings and data it was made with and refuses any other run.
+checkpoint records the settings and data it was made with and refuses any other run, and the
+training seconds so far, so a student resumed across sessions reports what all of it cost.
 
 Keys are detached: the store rows are re-embedded with the current encoder at the start of
 every ``refresh_every`` epochs and at the end (re-encoding every neighbour at every step would
@@ -328,9 +329,10 @@ def train(
     history: list[dict[str, float]] = []
     checkpoint = Checkpoint(checkpoint_dir, config, rendered, len(store_entries))
     state = {"model": model, "hidden": hidden, "optimizer": optimizer, "scheduler": scheduler}
-    first_epoch = 0
+    first_epoch, earlier_seconds, started = 0, 0.0, time.perf_counter()
     if (saved := checkpoint.load(state)) is not None:
         first_epoch, history, distill_order = saved["epoch"], saved["history"], saved["order"]
+        earlier_seconds = saved.get("seconds", 0.0)
         generator.set_state(saved["batches"])
         rng.bit_generator.state = saved["distill"]
         if retrieval:
@@ -390,6 +392,7 @@ def train(
             batches=generator.get_state(), distill=rng.bit_generator.state,
             keys=model.memory.keys if retrieval else None,
             rationales=None if rationales is None else rationales.vectors,
+            seconds=earlier_seconds + time.perf_counter() - started,
         )  # fmt: skip
     bar.close()
     if retrieval:
@@ -448,6 +451,15 @@ class Checkpoint:
         torch.set_rng_state(saved["torch_rng"])
         logger.info("resuming %s after epoch %d", self.path, saved["epoch"])
         return saved
+
+    @staticmethod
+    def seconds(folder: str | os.PathLike) -> float:
+        """The training seconds of the epochs already in ``folder``'s checkpoint (0: none),
+        so a run resumed over several sessions reports what it cost in all of them."""
+        path = Path(folder) / CHECKPOINT
+        if not path.is_file():
+            return 0.0
+        return torch.load(path, weights_only=False, mmap=True).get("seconds", 0.0)
 
 
 def tune_retrieval(model: RetriKT, examples: Sequence[Example]) -> dict[str, Any]:
@@ -565,6 +577,7 @@ def train_student(
         states = teacher_states(config.hidden_teacher, task, train_examples, cache=cache)
         hidden = HiddenStateLoss(states, task, model.num_layers, model.hidden_size)
     checkpoints = Path(checkpoint_dir) if checkpoint_dir is not None else Path(out) / "checkpoint"
+    started -= Checkpoint.seconds(checkpoints)  # epochs trained by earlier, killed runs
     history = train(model, train_examples, config, store_entries, hidden, checkpoints)
     if tune_examples:
         tune_retrieval(model, tune_examples)

@@ -226,6 +226,36 @@ def test_train_and_evaluate_the_default_student_on_a_cb_slice(tmp_path, data_dir
     assert np.array_equal(loaded.predict_examples(examples), again.predict_examples(examples))
 
 
+def test_a_resumed_student_reports_the_seconds_of_every_piece(tmp_path, data_dir, monkeypatch):
+    """Killed in epoch 2 and rerun, ``train_student``'s train_seconds (what the harness's
+    Train s column shows) includes the first run's epochs, not only the rerun's."""
+    import retrikt.training as training
+
+    config = TrainConfig(task="cb", encoder="minilm-l6:1", train_limit=8,
+                         epochs=2, batch_size=4, max_length=32)  # fmt: skip
+    calls = []
+
+    def killed_in_epoch_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return length_grouped_batches(*args, **kwargs)
+
+    monkeypatch.setattr(training, "length_grouped_batches", killed_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        training.train_student(config, data_dir, tmp_path / "student")
+    monkeypatch.undo()
+    path = tmp_path / "student" / "checkpoint" / "checkpoint.pt"
+    saved = torch.load(path, weights_only=False)
+    assert saved["epoch"] == 1 and saved["seconds"] > 0
+    saved["seconds"] = 10_000.0  # as if the first piece had run for hours
+    torch.save(saved, path)
+    result = training.train_student(config, data_dir, tmp_path / "student")
+    assert 10_000 < result.seconds < 10_000 + 600
+    written = json.loads((tmp_path / "student" / "eval_results.json").read_text())
+    assert written["train_seconds"] == round(result.seconds, 1)
+
+
 def test_train_the_retrieval_student_from_the_cli(tmp_path, data_dir):
     task = get_task("cb")
     store = labelled_store(task, subsample(task.read("train", data_dir), 24), tmp_path / "store")
