@@ -39,6 +39,21 @@ def cb_pool():
     return cb_examples() + cb_examples(MORE_CB)
 
 
+def kill_in_epoch_two(monkeypatch) -> None:
+    """Make the training loop raise KeyboardInterrupt as its second epoch starts (a kill)."""
+    import retrikt.training as training
+
+    epochs_started = []
+
+    def killed_in_epoch_two(*args, **kwargs):
+        epochs_started.append(1)
+        if len(epochs_started) == 2:
+            raise KeyboardInterrupt
+        return length_grouped_batches(*args, **kwargs)
+
+    monkeypatch.setattr(training, "length_grouped_batches", killed_in_epoch_two)
+
+
 # ----------------------------------------------------------------------- helpers
 def test_length_grouped_batches_cover_every_example_once_with_similar_lengths():
     lengths = list(np.random.default_rng(1).integers(1, 500, size=203))
@@ -233,15 +248,7 @@ def test_a_resumed_student_reports_the_seconds_of_every_piece(tmp_path, data_dir
 
     config = TrainConfig(task="cb", encoder="minilm-l6:1", train_limit=8,
                          epochs=2, batch_size=4, max_length=32)  # fmt: skip
-    calls = []
-
-    def killed_in_epoch_two(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return length_grouped_batches(*args, **kwargs)
-
-    monkeypatch.setattr(training, "length_grouped_batches", killed_in_epoch_two)
+    kill_in_epoch_two(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         training.train_student(config, data_dir, tmp_path / "student")
     monkeypatch.undo()
@@ -352,15 +359,7 @@ def test_a_killed_training_run_resumes_to_the_weights_of_an_unbroken_one(tmp_pat
     unbroken = fresh(0)
     expected = training.train(unbroken, cb_pool(), config, store.entries())
 
-    epochs_started = []
-
-    def killed_in_epoch_two(*args, **kwargs):
-        epochs_started.append(1)
-        if len(epochs_started) == 2:
-            raise KeyboardInterrupt
-        return length_grouped_batches(*args, **kwargs)
-
-    monkeypatch.setattr(training, "length_grouped_batches", killed_in_epoch_two)
+    kill_in_epoch_two(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run(fresh(0))
     monkeypatch.undo()
