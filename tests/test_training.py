@@ -336,6 +336,27 @@ def test_the_stores_examples_reach_distillation_training(tmp_path):
     assert not torch.allclose(heads[False], heads[True])
 
 
+def test_classic_kd_does_not_re_embed_the_store_each_epoch(tmp_path, monkeypatch):
+    """Without the retrieval objectives the neighbours are never read, so the store's keys
+    are embedded once, at the end (for the saved student), instead of every epoch too."""
+    from retrikt.training import train
+
+    task = get_task("cb")
+    store = labelled_store(task, cb_examples(MORE_CB), tmp_path / "store")
+    calls, refresh = [], RetriKT.refresh_keys
+    monkeypatch.setattr(RetriKT, "refresh_keys", lambda *a: calls.append(1) or refresh(*a))
+    for objectives, refreshes in ((False, 1), (True, 3 + 1)):
+        model = RetriKT.from_encoder(task, TINY, max_length=48)
+        model.attach_store(store)
+        calls.clear()
+        config = TrainConfig(task="cb", epochs=3, batch_size=4, combined_ce=objectives,
+                             retrieval_loss=objectives)  # fmt: skip
+        history = train(model, cb_examples(), config, store.entries())
+        assert len(calls) == refreshes
+        assert ("combined" in history[0]) == objectives and "distill" in history[0]
+        assert model.memory.keys.shape[0] == len(store)  # fresh keys for the saved student
+
+
 def test_a_killed_training_run_resumes_to_the_weights_of_an_unbroken_one(tmp_path, monkeypatch):
     """Stopped in its second epoch and rerun, training goes on from the first epoch's
     checkpoint and ends where an uninterrupted run ends: the weights, the store keys and
