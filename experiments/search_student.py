@@ -342,27 +342,95 @@ def plot(results: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", help="folder holding superglue/ and glue/")
-    parser.add_argument("--tasks", default="cb")
-    parser.add_argument("--teacher", required=True, help="TASK=train-teacher folder,...")
-    parser.add_argument("--hidden-teacher", default="", help="TASK=DIR (default: --teacher)")
-    parser.add_argument("--store", default="", help="TASK=store (default: built)")
-    parser.add_argument("--budget", required=True, help="TASK=ms,... latency budgets")
-    parser.add_argument("--trials", type=int, default=12)
-    parser.add_argument("--proxy-size", type=int, default=64)
-    parser.add_argument("--proxy-epochs", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--init", default="slice", choices=INITS)
-    parser.add_argument("--latency-examples", type=int, default=30)
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--layers", default="1,2,3,4,5,6", help="minilm-l6:N truncations")
+    parser.add_argument(
+        "--tasks", default="cb", help="comma-separated task names (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--teacher",
+        required=True,
+        help="TASK=DIR,...: the tuned teacher (retrikt train-teacher folder) that labels the "
+        "store and is timed",
+    )
+    parser.add_argument(
+        "--hidden-teacher",
+        default="",
+        help="TASK=DIR,...: the teacher whose hidden states are distilled (default: --teacher)",
+    )
+    parser.add_argument(
+        "--store",
+        default="",
+        help="TASK=DIR,...: the store students retrieve from (default: the training split "
+        "labelled by --teacher, built and cached)",
+    )
+    parser.add_argument(
+        "--budget",
+        required=True,
+        help="TASK=MS,...: the p50 latency budget at batch 1 that the search penalises going over",
+    )
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=12,
+        help="architectures the search tries (Optuna TPE) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--proxy-size",
+        type=int,
+        default=64,
+        help="training examples each trial distils on (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--proxy-epochs",
+        type=int,
+        default=3,
+        help="epochs of each trial's proxy run (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=5,
+        help="epochs of every reported student on the whole split (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--init", default="slice", choices=INITS,
+        help="candidates start from minilm-l6 by layer selection and width slicing, or at "
+        "random (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--latency-examples",
+        type=int,
+        default=30,
+        help="training inputs the p50 is taken over (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seeds",
+        default="0,1,2",
+        help="seeds every reported student trains with (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--layers",
+        default="1,2,3,4,5,6",
+        help="N of the minilm-l6:N truncations the searched student is compared with"
+        " (default: %(default)s)",
+    )
     parser.add_argument(
         "--retime", type=int, default=0,
         help="also time every student and the teacher together in N interleaved rounds and "
         "report those latencies (the cached ones are kept as cached_latency_ms)",
     )  # fmt: skip
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for training")
-    parser.add_argument("--cache-dir", default="experiments/cache/search_student")
-    parser.add_argument("--out", default="experiments/results/search_student")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads for training (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default="experiments/cache/search_student",
+        help="every unit, for resuming (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out",
+        default="experiments/results/search_student",
+        help="writes OUT.md, OUT.json, OUT.png (default: %(default)s)",
+    )
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -265,12 +265,30 @@ def _cpu() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", help="folder holding superglue/ and glue/")
-    parser.add_argument("--tasks", default="cb,copa,rte,mrpc,stsb,cola")
-    parser.add_argument("--teachers", default=",".join(CANDIDATES))
-    parser.add_argument("--seeds", default="0,1,2", help="student-ft seeds")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--cache-dir", default="experiments/cache")
-    parser.add_argument("--out", default="experiments/results/teachers.md")
+    parser.add_argument(
+        "--tasks",
+        default="cb,copa,rte,mrpc,stsb,cola",
+        help="comma-separated task names (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--teachers",
+        default=",".join(CANDIDATES),
+        help="comma-separated candidates to tune (default: %(default)s)",
+    )
+    parser.add_argument("--seeds", default="0,1,2", help="student-ft seeds (default: %(default)s)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default="experiments/cache",
+        help="teachers go to CACHE_DIR/teachers/TASK/ (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out",
+        default="experiments/results/teachers.md",
+        help="the report; .json beside it (default: %(default)s)",
+    )
     parser.add_argument("--no-student", action="store_true", help="teachers only")
     parser.add_argument(
         "--no-teachers",
