@@ -42,6 +42,7 @@ from retrikt.cache import DONE, ArtefactCache, write_json_atomic
 from retrikt.cli.evaluate import _paths_by_task
 from retrikt.condense import METHODS as CONDENSERS
 from retrikt.condense import CondenseConfig, condense
+from retrikt.config import DefaultsHelpFormatter
 from retrikt.harness.artefacts import TaskContext
 from retrikt.harness.methods import METHODS, StudentMethod
 from retrikt.harness.report import format_mean_sd, mean_sd
@@ -359,11 +360,11 @@ def render_chart(rows: list[dict], tasks: list[str], args, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", help="folder holding superglue/ and glue/")
-    parser.add_argument(
-        "--tasks", default="cb,copa", help="comma-separated task names (default: %(default)s)"
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter
     )
+    parser.add_argument("--data-dir", help="folder holding superglue/ and glue/")
+    parser.add_argument("--tasks", default="cb,copa", help="comma-separated task names")
     parser.add_argument(
         "--teacher", action="append", default=[], metavar="TASK=DIR", help="tuned teacher"
     )
@@ -374,55 +375,30 @@ def main() -> None:
         "--student",
         default="retrikt-train-store",
         choices=[n for n, m in METHODS.items() if isinstance(m, StudentMethod) and m.rl],
-        help="harness student method trained on each store (its store is the source)"
-        " (default: %(default)s)",
+        help="harness student method trained on each store (its store is the source)",
     )
     parser.add_argument(
-        "--scale",
-        default="full",
-        choices=list(SCALES),
-        help="the harness scale students train at (default: %(default)s)",
+        "--scale", default="full", choices=list(SCALES), help="the harness scale students train at"
     )
+    parser.add_argument("--encoder", default="minilm-l6", help="student encoder preset")
     parser.add_argument(
-        "--encoder", default="minilm-l6", help="student encoder preset (default: %(default)s)"
+        "--methods", default=",".join(CONDENSERS), help="comma-separated condensing methods"
     )
+    parser.add_argument("--sizes", default="5,10,20,50,100", help="percent of each label kept")
+    parser.add_argument("--seeds", default="0,1,2", help="student seeds")
     parser.add_argument(
-        "--methods",
-        default=",".join(CONDENSERS),
-        help="comma-separated condensing methods (default: %(default)s)",
+        "--first-methods",
+        default="random,kcenter,kmeans,knn-shapley",
+        help="methods run first (with --first-sizes), so a stopped run leaves a useful curve",
     )
-    parser.add_argument(
-        "--sizes",
-        default="5,10,20,50,100",
-        help="percent of each label kept (default: %(default)s)",
-    )
-    parser.add_argument("--seeds", default="0,1,2", help="student seeds (default: %(default)s)")
-    parser.add_argument(
-        "--first-methods", default="random,kcenter,kmeans,knn-shapley",
-        help="methods run first (with --first-sizes), so a stopped run leaves a useful "
-        "curve (default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--first-sizes",
-        default="100,5,20",
-        help="sizes run first, in this order (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--search-k",
-        type=int,
-        default=16,
-        help="neighbours per timed search (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--cache-dir", default="experiments/cache", help="the harness cache (default: %(default)s)"
-    )
+    parser.add_argument("--first-sizes", default="100,5,20", help="sizes run first, in this order")
+    parser.add_argument("--search-k", type=int, default=16, help="neighbours per timed search")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--cache-dir", default="experiments/cache", help="the harness cache")
     parser.add_argument(
         "--out",
         default="experiments/results/condense.md",
-        help="the report; .json and .png beside it (default: %(default)s)",
+        help="the report; .json and .png beside it",
     )
     parser.add_argument(
         "--cached-only",

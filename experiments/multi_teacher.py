@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from retrikt.cache import ArtefactCache, write_json_atomic
+from retrikt.config import DefaultsHelpFormatter
 from retrikt.harness.artefacts import TaskContext
 from retrikt.harness.methods import METHODS
 from retrikt.harness.report import format_mean_sd, mean_sd
@@ -331,13 +332,12 @@ def write_report(results: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter
+    )
     parser.add_argument("--data-dir", required=True, help="folder holding superglue/ and glue/")
     parser.add_argument(
-        "--tasks",
-        default="cb",
-        type=lambda s: s.split(","),
-        help="comma-separated task names (default: %(default)s)",
+        "--tasks", default="cb", type=lambda s: s.split(","), help="comma-separated task names"
     )
     parser.add_argument(
         "--teacher", action="append", default=[], metavar="TASK=DIR",
@@ -345,38 +345,27 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument(
         "--seeds", default="0,1,2", type=lambda s: [int(x) for x in s.split(",")],
-        help="student seeds of every variant (default: %(default)s)",
+        help="student seeds of every variant",
     )  # fmt: skip
     parser.add_argument(
         "--variants", default=None, type=lambda s: s.split(","),
         help="comma-separated variants to run (default: all; an unknown name lists them)",
     )  # fmt: skip
     parser.add_argument(
-        "--rationale-model",
-        default="smollm2-135m",
-        help="LLM preset that writes the rationales (default: %(default)s)",
+        "--rationale-model", default="smollm2-135m", help="LLM preset that writes the rationales"
     )
     parser.add_argument(
         "--rationale-rule", default="mean", choices=RULES,
-        help="combination rule of the multi-teacher store the rationale variants use"
-        " (default: %(default)s)",
+        help="combination rule of the multi-teacher store the rationale variants use",
     )  # fmt: skip
     parser.add_argument(
         "--stores-only", action="store_true", help="build the variants' stores, train nothing"
     )
+    parser.add_argument("--cache-dir", default="experiments/cache", help="every unit, for resuming")
     parser.add_argument(
-        "--cache-dir",
-        default="experiments/cache",
-        help="every unit, for resuming (default: %(default)s)",
+        "--results-dir", default="experiments/results", help="writes multi_teacher.md and .json"
     )
-    parser.add_argument(
-        "--results-dir",
-        default="experiments/results",
-        help="writes multi_teacher.md and .json (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (default: %(default)s)"
-    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     known = [v.name for v in variants(args.rationale_rule)]

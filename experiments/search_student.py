@@ -38,6 +38,7 @@ matplotlib.use("Agg")  # files only: no display on a server
 import matplotlib.pyplot as plt  # noqa: E402
 
 from retrikt.cache import ArtefactCache, key, write_json_atomic  # noqa: E402
+from retrikt.config import DefaultsHelpFormatter  # noqa: E402
 from retrikt.harness.artefacts import data_fingerprint  # noqa: E402
 from retrikt.harness.report import format_mean_sd, mean_sd  # noqa: E402
 from retrikt.latency import batch1_times_ms, percentiles_ms  # noqa: E402
@@ -340,11 +341,11 @@ def plot(results: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", help="folder holding superglue/ and glue/")
-    parser.add_argument(
-        "--tasks", default="cb", help="comma-separated task names (default: %(default)s)"
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter
     )
+    parser.add_argument("--data-dir", help="folder holding superglue/ and glue/")
+    parser.add_argument("--tasks", default="cb", help="comma-separated task names")
     parser.add_argument(
         "--teacher",
         required=True,
@@ -368,68 +369,43 @@ def main() -> None:
         help="TASK=MS,...: the p50 latency budget at batch 1 that the search penalises going over",
     )
     parser.add_argument(
-        "--trials",
-        type=int,
-        default=12,
-        help="architectures the search tries (Optuna TPE) (default: %(default)s)",
+        "--trials", type=int, default=12, help="architectures the search tries (Optuna TPE)"
     )
     parser.add_argument(
-        "--proxy-size",
-        type=int,
-        default=64,
-        help="training examples each trial distils on (default: %(default)s)",
+        "--proxy-size", type=int, default=64, help="training examples each trial distils on"
     )
     parser.add_argument(
-        "--proxy-epochs",
-        type=int,
-        default=3,
-        help="epochs of each trial's proxy run (default: %(default)s)",
+        "--proxy-epochs", type=int, default=3, help="epochs of each trial's proxy run"
     )
     parser.add_argument(
-        "--epochs",
-        type=int,
-        default=5,
-        help="epochs of every reported student on the whole split (default: %(default)s)",
+        "--epochs", type=int, default=5, help="epochs of every reported student on the whole split"
     )
     parser.add_argument(
         "--init", default="slice", choices=INITS,
-        help="candidates start from minilm-l6 by layer selection and width slicing, or at "
-        "random (default: %(default)s)",
+        help="candidates start from minilm-l6 by layer selection and width slicing, or at random",
     )  # fmt: skip
     parser.add_argument(
-        "--latency-examples",
-        type=int,
-        default=30,
-        help="training inputs the p50 is taken over (default: %(default)s)",
+        "--latency-examples", type=int, default=30, help="training inputs the p50 is taken over"
     )
-    parser.add_argument(
-        "--seeds",
-        default="0,1,2",
-        help="seeds every reported student trains with (default: %(default)s)",
-    )
+    parser.add_argument("--seeds", default="0,1,2", help="seeds every reported student trains with")
     parser.add_argument(
         "--layers",
         default="1,2,3,4,5,6",
-        help="N of the minilm-l6:N truncations the searched student is compared with"
-        " (default: %(default)s)",
+        help="N of the minilm-l6:N truncations the searched student is compared with",
     )
     parser.add_argument(
         "--retime", type=int, default=0,
         help="also time every student and the teacher together in N interleaved rounds and "
         "report those latencies (the cached ones are kept as cached_latency_ms)",
     )  # fmt: skip
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for training")
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads for training (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--cache-dir",
-        default="experiments/cache/search_student",
-        help="every unit, for resuming (default: %(default)s)",
+        "--cache-dir", default="experiments/cache/search_student", help="every unit, for resuming"
     )
     parser.add_argument(
         "--out",
         default="experiments/results/search_student",
-        help="writes OUT.md, OUT.json, OUT.png (default: %(default)s)",
+        help="writes OUT.md, OUT.json, OUT.png",
     )
     args = parser.parse_args()
     logging.basicConfig(

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retrikt.cache import write_json_atomic
+from retrikt.config import DefaultsHelpFormatter
 from retrikt.harness.report import format_mean_sd, mean_sd
 from retrikt.tasks import Task
 from retrikt.teachers.loading import EVAL_RESULTS, TEACHER_CONFIG, TRAINING_LOG
@@ -263,31 +264,23 @@ def _cpu() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter
+    )
     parser.add_argument("--data-dir", help="folder holding superglue/ and glue/")
     parser.add_argument(
-        "--tasks",
-        default="cb,copa,rte,mrpc,stsb,cola",
-        help="comma-separated task names (default: %(default)s)",
+        "--tasks", default="cb,copa,rte,mrpc,stsb,cola", help="comma-separated task names"
     )
     parser.add_argument(
-        "--teachers",
-        default=",".join(CANDIDATES),
-        help="comma-separated candidates to tune (default: %(default)s)",
+        "--teachers", default=",".join(CANDIDATES), help="comma-separated candidates to tune"
     )
-    parser.add_argument("--seeds", default="0,1,2", help="student-ft seeds (default: %(default)s)")
+    parser.add_argument("--seeds", default="0,1,2", help="student-ft seeds")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--cache-dir",
-        default="experiments/cache",
-        help="teachers go to CACHE_DIR/teachers/TASK/ (default: %(default)s)",
+        "--cache-dir", default="experiments/cache", help="teachers go to CACHE_DIR/teachers/TASK/"
     )
     parser.add_argument(
-        "--out",
-        default="experiments/results/teachers.md",
-        help="the report; .json beside it (default: %(default)s)",
+        "--out", default="experiments/results/teachers.md", help="the report; .json beside it"
     )
     parser.add_argument("--no-student", action="store_true", help="teachers only")
     parser.add_argument(

@@ -202,3 +202,19 @@ def from_args(
         if name.startswith(prefix) and name[len(prefix) :] in names
     }
     return cls(**{**given, **overrides})
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` that shows a plain-argparse option's default, where it has one.
+
+    For the experiment scripts, whose flags are not dataclass fields. argparse's own
+    ``ArgumentDefaultsHelpFormatter`` also prints ``(default: None)`` and ``(default: [])``
+    for options whose help already says what their absence means.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        unset = action.default in (None, "", [], argparse.SUPPRESS)
+        if unset or isinstance(action.default, bool) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"

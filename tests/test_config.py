@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from retrikt.config import Config, add_arguments, from_args, option
+from retrikt.config import Config, DefaultsHelpFormatter, add_arguments, from_args, option
 from retrikt.errors import ConfigError
 
 
@@ -79,3 +79,20 @@ def test_a_prefix_gives_a_nested_config_its_own_flags():
     assert "rl_share" not in vars(parser.parse_args(["--name", "a"]))
     with pytest.raises(SystemExit):
         parser.parse_args(["--name", "a", "--rl-share", "0.1"])
+
+
+def test_defaults_help_formatter_shows_only_real_defaults() -> None:
+    parser = argparse.ArgumentParser(formatter_class=DefaultsHelpFormatter)
+    parser.add_argument("--seeds", default="0,1,2", help="student seeds")
+    parser.add_argument("--retime", type=int, default=0, help="rounds")
+    parser.add_argument("--store", default="", help="a store (default: built)")
+    parser.add_argument("--teacher", action="append", default=[], help="a teacher")
+    parser.add_argument("--data-dir", help="the data")
+    parser.add_argument("--quick", action="store_true", help="run less")
+    text = " ".join(parser.format_help().split())
+    assert "student seeds (default: 0,1,2)" in text
+    assert "rounds (default: 0)" in text
+    assert "a store (default: built) --teacher" in text
+    assert "a teacher --data-dir" in text
+    assert "the data --quick" in text
+    assert text.endswith("run less")
