@@ -181,7 +181,8 @@ def main() -> None:
             "*random*: plain "
             "random batches, padded to their longest pair. LoRA: r 16 on every linear layer, "
             "head trained in full. Epoch minutes = steps per epoch x median step (no "
-            "evaluation), to plan the runs.",
+            "evaluation), to plan the runs; every column is priced with these RTE-length "
+            "batches, so CoLA's (short single sentences) is an upper bound.",
             "",
             "| model | tuning | dtype | batches | s/step (median) | timed steps (s) "
             "| trainable / total | real / padded tokens per batch | peak RSS (GB) | "
