@@ -19,7 +19,7 @@ from retrikt.models import resolve_model
 from retrikt.search import latency as latency_module
 from retrikt.search import search as search_module
 from retrikt.search.config import SearchConfig
-from retrikt.search.report import pareto_front, recommendations
+from retrikt.search.report import pareto_front, recommendations, write_report
 from retrikt.search.search import reward, run_search, sample_architecture
 from retrikt.student import RetriKT, TrainConfig
 from retrikt.student.hidden import HiddenStateLoss, TeacherStates, layer_pairs, teacher_states
@@ -276,6 +276,40 @@ def test_pareto_front_and_recommendations():
     assert pareto_front(rows) == ["a", "b", "d"]
     by_budget = {r["budget_ms"]: r["name"] for r in recommendations(rows, 10.0)}
     assert by_budget == {5.0: "a", 7.5: "a", 10.0: "b", 15.0: "b", 20.0: "d"}
+
+
+def test_regression_proxy_is_mse_and_fidelity_the_pearson_correlation(tmp_path):
+    """STS-B has no argmax: fidelity is the correlation with the teacher's scores, and a
+    table cell it cannot fill (a constant prediction) shows a dash, not "nan"."""
+
+    def scored(predictions, teacher):
+        student = SimpleNamespace(
+            task=get_task("stsb"),
+            raw_outputs=lambda examples, exclude_own: examples,
+            combined=lambda raw: (np.array(predictions, dtype=np.float32)[:, None], None),
+        )
+        entries = [SimpleNamespace(fields={"sentence1": "a", "sentence2": "b"}, soft_labels=[t])
+                   for t in teacher]  # fmt: skip
+        return search_module.proxy_loss(student, entries)
+
+    teacher = [0.0, 1.0, 2.0, 3.0]
+    got = scored([0.5, 1.5, 2.5, 3.5], teacher)  # shifted by 0.5: perfectly correlated
+    assert got["loss"] == pytest.approx(0.25) and got["fidelity"] == pytest.approx(1.0)
+    assert scored([3.0, 2.0, 1.0, 0.0], teacher)["fidelity"] == pytest.approx(-1.0)
+    flat = scored([2.0] * 4, teacher)
+    assert np.isnan(flat["fidelity"]) and flat["loss"] == pytest.approx(1.5)
+
+    trial = {"trial": 0, "name": "L1-H4x32-F256", "architecture": {"hidden": 128},
+             "params": 4e6, "latency_ms_p50": 3.0, "loss": 1.5, "fidelity": flat["fidelity"],
+             "reward": -1.5, "hidden_loss": None}  # fmt: skip
+    config = {"task": "stsb", "latency_budget_ms": 5.0, "parent": PARENT, "init": "slice",
+              "teacher": None, "store": "s", "proxy_epochs": 1, "proxy_size": 4,
+              "latency_threads": 1, "penalty": 0.1}  # fmt: skip
+    write_report({"config": config, "trials": [trial], "front": [trial["name"]],
+                  "recommended": [], "finalists": []}, tmp_path)  # fmt: skip
+    report = (tmp_path / "search.md").read_text()
+    assert "MSE against the teacher's scores" in report and "KL" not in report
+    assert "| 1.5000 | — | -1.5000 | — |" in report and "nan" not in report
 
 
 def test_incumbent_is_the_deepest_full_width_cut_within_budget(monkeypatch):

@@ -8,10 +8,24 @@ budget and for half, three quarters, one and a half and twice it.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
+from retrikt.tasks import get_task
+
 BUDGET_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)
+#: What the proxy loss and fidelity are, for classification (False) and regression (True).
+_PROXY = {
+    False: "Proxy loss = KL(teacher soft labels || combined prediction); fidelity = share of "
+    "argmax agreement",
+    True: "Proxy loss = MSE against the teacher's scores; fidelity = their Pearson correlation",
+}
+
+
+def _number(value: float | None, digits: int) -> str:
+    """A table cell; an undefined value (None, NaN) shows as a dash."""
+    return "—" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
 def pareto_front(trials: list[dict[str, Any]]) -> list[str]:
@@ -48,8 +62,8 @@ def write_report(result: dict[str, Any], out: Path) -> None:
         f"`{config['teacher'] or '-'}` for hidden states, store `{config['store']}`; "
         f"{len(trials)} trials, each trained {config['proxy_epochs']} epochs on "
         f"{config['proxy_size']} training examples and scored on {config['proxy_size']} held-out "
-        "store entries. Proxy loss = KL(teacher soft labels || combined prediction); fidelity = "
-        "share of argmax agreement; latency = p50 at batch 1, tokenisation and retrieval "
+        f"store entries. {_PROXY[get_task(config['task']).is_regression]}; latency = p50 at "
+        "batch 1, tokenisation and retrieval "
         f"included, {config['latency_threads']} thread(s); reward = -loss - "
         f"{config['penalty']} x max(0, latency - budget).",
         "",
@@ -62,8 +76,8 @@ def write_report(result: dict[str, Any], out: Path) -> None:
         lines.append(
             f"| {row['trial']} | {row['name']} | {row['architecture']['hidden']} | "
             f"{row['params'] / 1e6:.1f} | {row['latency_ms_p50']:.2f} | {row['loss']:.4f} | "
-            f"{row['fidelity']:.3f} | {row['reward']:.4f} | "
-            f"{'—' if hidden is None else f'{hidden:.4f}'} | "
+            f"{_number(row['fidelity'], 3)} | {row['reward']:.4f} | "
+            f"{_number(hidden, 4)} | "
             f"{'*' if row['name'] in front else ''} |"
         )
     lines += ["", "## Recommended architecture per budget", "", "| budget ms | architecture |",

@@ -94,12 +94,17 @@ def reward(loss: float, latency_ms: float, budget_ms: float, penalty: float) -> 
 
 def proxy_loss(student: RetriKT, entries: list[StoreEntry]) -> dict[str, float]:
     """Teacher-to-student divergence of the combined prediction on store entries (each
-    leaves its own store rows out), and the share where the argmax agrees (fidelity)."""
+    leaves its own store rows out), and how far the two agree (fidelity): the share of equal
+    argmaxes, or for regression the MSE and the Pearson correlation with the teacher's scores
+    (NaN when either side is constant)."""
     examples = [{**e.fields, "label": None} for e in entries]
     final, _ = student.combined(student.raw_outputs(examples, exclude_own=True))
     soft = np.array([e.soft_labels for e in entries], dtype=np.float64)
     if student.task.is_regression:
-        return {"loss": float(np.mean((final[:, 0] - soft[:, 0]) ** 2)), "fidelity": float("nan")}
+        pred, target = final[:, 0].astype(np.float64), soft[:, 0]
+        constant = pred.std() == 0 or target.std() == 0
+        pearson = float("nan") if constant else float(np.corrcoef(pred, target)[0, 1])
+        return {"loss": float(np.mean((pred - target) ** 2)), "fidelity": pearson}
     soft /= soft.sum(-1, keepdims=True).clip(1e-12)
     p = np.clip(final.astype(np.float64), 1e-8, None)
     kl = np.where(soft > 0, soft * (np.log(np.clip(soft, 1e-12, None)) - np.log(p)), 0.0)
