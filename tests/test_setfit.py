@@ -55,6 +55,7 @@ def test_setfit_in_the_harness_reports_the_official_metric(tmp_path, data_dir):
     assert 0.0 <= row["metrics"]["accuracy"] <= 1.0 and row["eval_examples"] == 20
     assert row["params"] > 10_000_000 and row["train_seconds"] > 0
     assert not (tmp_path / "checkpoints").exists()
+    assert not list((tmp_path / "cache").rglob("*.resume"))  # checkpoints go when it ends
 
 
 def test_copa_is_scored_per_choice(data_dir):
@@ -84,3 +85,37 @@ def test_a_single_label_is_refused_before_training(data_dir):
     same = [ex for ex in task.read("train", data_dir) if ex["label"] == 0][:4]
     with pytest.raises(RetriktError, match="at least two different labels"):
         SetFitBaseline.train(_config("rte"), same)
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_model(
+    tmp_path, data_dir, monkeypatch
+):
+    """Hours-long SetFit units must survive a kill: the rerun continues from the last
+    checkpoint, runs only the batches left, and ends where an unbroken run ends."""
+    from sentence_transformers import SentenceTransformerTrainer
+
+    task = get_task("rte")
+    examples, probe = _sample(task, data_dir, 8), task.read("validation", data_dir)[:8]
+    config = _config("rte", num_iterations=2)  # 8 texts x 2 x 2 = 32 pairs: 4 batches of 8
+    unbroken = SetFitBaseline.train(config, examples).predict_examples(probe)
+
+    real_step, steps = SentenceTransformerTrainer.training_step, []
+
+    def step(self, *args, **kwargs):
+        steps.append(1)
+        if kill_at and len(steps) == kill_at:
+            raise KeyboardInterrupt  # the kill, after the checkpoint of step 2
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(SentenceTransformerTrainer, "training_step", step)
+    folder, kill_at = tmp_path / "resume", 3
+    with pytest.raises(KeyboardInterrupt):
+        SetFitBaseline.train(config, examples, folder, save_steps=2)
+    assert (folder / "checkpoint-2").is_dir() and (folder / "seconds.json").is_file()
+
+    steps.clear()
+    kill_at = 0
+    resumed = SetFitBaseline.train(config, examples, folder, save_steps=2)
+    assert len(steps) == 2  # batches 3 and 4 only
+    np.testing.assert_allclose(resumed.predict_examples(probe), unbroken, atol=1e-5)
+    assert not folder.exists() and resumed.train_seconds > 0

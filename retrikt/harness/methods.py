@@ -289,10 +289,10 @@ class SetFitMethod(Method):
     def fit(self, ctx: TaskContext, seed: int | None) -> Fitted:
         from retrikt.setfit_baseline import SetFitBaseline
 
-        started = time.perf_counter()
-        model = SetFitBaseline.train(self.setfit_config(ctx, seed), ctx.train)
-        seconds = time.perf_counter() - started
-        return Fitted(model.predict_examples, model.num_parameters(), seconds)
+        label, spec = f"{ctx.task.name}-{self.name}-s{seed}", self.spec(ctx, seed)
+        resume = ctx.cache.resume_folder("models", label, spec)  # batches survive a kill
+        model = SetFitBaseline.train(self.setfit_config(ctx, seed), ctx.train, resume)
+        return Fitted(model.predict_examples, model.num_parameters(), model.train_seconds)
 
 
 METHODS: dict[str, Method] = {
