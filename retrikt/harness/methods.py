@@ -52,6 +52,12 @@ class Method(ABC):
     def fit(self, ctx: TaskContext, seed: int | None) -> Fitted:
         """Train (or load from the cache) and return the predictor."""
 
+    def model_unit(self, ctx: TaskContext, seed: int | None) -> tuple[str, dict[str, Any], Path]:
+        """The label and spec of this method's trained model in the cache (``models/``), and
+        the folder its training checkpoints in, so that a killed unit resumes."""
+        label, spec = f"{ctx.task.name}-{self.name}-s{seed}", self.spec(ctx, seed)
+        return label, spec, ctx.cache.resume_folder("models", label, spec)
+
 
 def _count_params(module: Any) -> int:
     return int(sum(p.numel() for p in module.parameters()))
@@ -119,8 +125,7 @@ class StudentMethod(Method):
         store = ctx.store(self.rl, self.examples) if self.rl is not None else None
         config = self.train_config(ctx, seed, store.path if store else None)
 
-        label, spec = f"{ctx.task.name}-{self.name}-s{seed}", self.spec(ctx, seed)
-        resume = ctx.cache.resume_folder("models", label, spec)  # epochs survive a kill
+        label, spec, resume = self.model_unit(ctx, seed)  # epochs survive a kill
 
         def make(folder: Path) -> dict[str, Any]:
             result = train_student(config, ctx.config.data_dir, folder / "model",
@@ -289,8 +294,7 @@ class SetFitMethod(Method):
     def fit(self, ctx: TaskContext, seed: int | None) -> Fitted:
         from retrikt.setfit_baseline import SetFitBaseline
 
-        label, spec = f"{ctx.task.name}-{self.name}-s{seed}", self.spec(ctx, seed)
-        resume = ctx.cache.resume_folder("models", label, spec)  # batches survive a kill
+        *_, resume = self.model_unit(ctx, seed)  # batches survive a kill
         model = SetFitBaseline.train(self.setfit_config(ctx, seed), ctx.train, resume)
         return Fitted(model.predict_examples, model.num_parameters(), model.train_seconds)
 
