@@ -37,6 +37,7 @@ from retrikt.cache import write_json_atomic
 from retrikt.config import DefaultsHelpFormatter
 from retrikt.harness.report import format_mean_sd, mean_sd
 from retrikt.tasks import Task
+from retrikt.teachers.config import PRECISIONS
 from retrikt.teachers.loading import EVAL_RESULTS, TEACHER_CONFIG, TRAINING_LOG
 
 logger = logging.getLogger("teachers")
@@ -82,6 +83,7 @@ def teacher_command(task: str, candidate: Candidate, out: Path, args: argparse.N
     command = [sys.executable, "-m", "retrikt", "train-teacher", "--task", task]
     command += ["--model", candidate.model, "--tuning", candidate.tuning, "--out", str(out)]
     command += [*BUDGETS[task], *candidate.extra, "--threads", str(args.threads)]
+    command += ["--precision", args.precision]
     if args.data_dir:
         command += ["--data-dir", args.data_dir]
     return command
@@ -103,7 +105,7 @@ def run_teacher(task: str, candidate: Candidate, args: argparse.Namespace) -> di
             {
                 "seconds": round(seconds, 1),
                 "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2),
-                "cpu": _cpu(),
+                "cpu": _cpu(args.precision),
             }
         )
         cost["command"] = shlex.join(command)
@@ -255,12 +257,12 @@ def best_flags(results: dict, tasks: list[str]) -> list[str]:
     return flags
 
 
-def _cpu() -> str:
+def _cpu(precision: str) -> str:
     """This machine's CPU and the dtype train-teacher runs in on it (times depend on both)."""
     from retrikt.doctor import cpu_features
+    from retrikt.teachers.tuning import uses_bf16
 
-    cpu = cpu_features()
-    return f"{cpu['model']}, {'bf16' if cpu['bf16_fast'] else 'fp32'}"
+    return f"{cpu_features()['model']}, {'bf16' if uses_bf16(precision) else 'fp32'}"
 
 
 def main() -> None:
@@ -276,6 +278,13 @@ def main() -> None:
     )
     parser.add_argument("--seeds", default="0,1,2", help="student-ft seeds")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="train-teacher's --precision (a teacher folder keeps the one it was trained with: "
+        "give another --cache-dir to compare)",
+    )
     parser.add_argument(
         "--cache-dir", default="experiments/cache", help="teachers go to CACHE_DIR/teachers/TASK/"
     )

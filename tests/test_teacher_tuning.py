@@ -32,7 +32,7 @@ from retrikt.teachers.classifier import (
     task_scores,
 )
 from retrikt.teachers.config import TeacherConfig
-from retrikt.teachers.loading import TEACHER_CONFIG, is_llm, load_teacher
+from retrikt.teachers.loading import TEACHER_CONFIG, is_llm, load_teacher, weights_digest
 from retrikt.teachers.tuning import CHECKPOINTS, load_teacher_data, train_teacher
 
 CB, COPA, STSB = get_task("cb"), get_task("copa"), get_task("stsb")
@@ -145,6 +145,17 @@ def test_bf16_autocast_trains_and_loads_where_the_cpu_supports_it(
     np.testing.assert_allclose(
         loaded.label_probs(CB, examples), result.teacher.label_probs(CB, examples), atol=5e-3
     )
+
+
+def test_precision_fp32_trains_in_fp32_on_any_cpu(tiny_base, toy_data, tmp_path, monkeypatch):
+    """--precision fp32 gives the weights of a CPU without bf16, and the folder records it."""
+    reference = train_teacher(_config(tiny_base, toy_data, tmp_path / "env", max_steps=2))
+    monkeypatch.delenv("RETRIKT_FP32")  # auto would now pick bf16 on an AVX512-BF16 CPU
+    chosen = train_teacher(
+        _config(tiny_base, toy_data, tmp_path / "flag", max_steps=2, precision="fp32")
+    )
+    assert weights_digest(chosen.out) == weights_digest(reference.out)
+    assert json.loads((chosen.out / TEACHER_CONFIG).read_text())["precision"] == "fp32"
 
 
 class Killed(Exception):

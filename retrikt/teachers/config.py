@@ -13,6 +13,8 @@ from retrikt.config import Config, option
 TUNINGS = ("lora", "full", "prompt")
 #: Learning rates that suit each tuning on these models (LoRA wants ~10x full fine-tuning's).
 DEFAULT_LR = {"lora": 2e-4, "full": 2e-5, "prompt": 3e-2}
+#: Training arithmetic: bf16 autocast over fp32 master weights, or fp32 throughout.
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass
@@ -62,6 +64,13 @@ class TeacherConfig(Config):
     train_limit: int | None = option(None, "use this many random training examples", min=1)
     seed: int = option(0, "seed of the held-out slice, the head's init and the batch order")
     threads: int | None = option(None, "torch CPU threads (default: all cores)", min=1)
+    precision: str = option(
+        "auto",
+        "arithmetic of lora and full tuning. auto: bf16 autocast where the CPU does bf16 fast "
+        "(AVX512-BF16/AMX), fp32 elsewhere; bf16 or fp32 to choose. bf16 trains ~2x faster "
+        "but can cost points (experiments/results/teachers.md)",
+        choices=PRECISIONS,
+    )
     overwrite: bool = option(False, "replace a finished teacher or the checkpoints of another run")
 
     @property

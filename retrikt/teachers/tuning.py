@@ -182,6 +182,15 @@ def train_teacher(
     return TrainedTeacher(teacher, results, out, history)
 
 
+def uses_bf16(precision: str) -> bool:
+    """Whether training autocasts to bf16: ``auto`` does where the CPU makes it fast."""
+    if precision == "auto":
+        return bf16_supported()
+    if precision == "bf16" and not bf16_supported():
+        logger.warning("bf16 asked for on a CPU without AVX512-BF16/AMX: it is emulated, slowly")
+    return precision == "bf16"
+
+
 def _teacher_config(config: TeacherConfig, task: Task) -> dict[str, Any]:
     import peft
     import transformers
@@ -196,6 +205,10 @@ def _teacher_config(config: TeacherConfig, task: Task) -> dict[str, Any]:
         "label_names": list(task.label_names) if task.label_names else None,
         "num_labels": task.num_labels,
         "max_length": config.max_length,
+        # The prompt path runs the LLM as build-store does (bf16 weights where fast).
+        "precision": None
+        if config.tuning == "prompt"
+        else ("bf16" if uses_bf16(config.precision) else "fp32"),
         "config": config.to_dict(),
         "versions": {
             "retrikt": __version__,
@@ -299,7 +312,7 @@ def _tune_classifier(
         metric_for_best_model=task.metric_names[0],
         greater_is_better=True,
         save_total_limit=2,  # the best and the latest
-        bf16=bf16_supported(),  # autocast over fp32 master weights
+        bf16=uses_bf16(config.precision),  # autocast over fp32 master weights
         use_cpu=not torch.cuda.is_available(),  # Trainer's bf16 check needs it said on a CPU
         seed=config.seed,
         report_to="none",
