@@ -185,8 +185,8 @@ def write_report(results: dict, args: argparse.Namespace) -> None:
         "split, mean ± sd over seeds). Scores x100, the task's official metrics. Minutes "
         "and peak memory are of one process with one torch thread on a 2-core machine "
         "shared with other jobs, so times are upper bounds; *CPU* is the machine each "
-        "teacher trained on, with bf16 autocast where that CPU has it and fp32 where not "
-        "(compare times only within a CPU).",
+        "teacher trained on and its arithmetic (`--precision`; by default bf16 autocast "
+        "where that CPU has it and fp32 where not; compare times only within a CPU).",
         "",
     ]
     for task_name, entry in results.items():
