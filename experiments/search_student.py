@@ -162,6 +162,7 @@ def run_task(task: Task, args: argparse.Namespace, cache: ArtefactCache) -> dict
         out=str(Path(args.cache_dir) / "searches" / search_name),
         teacher=hidden_teacher, trials=args.trials, data_dir=args.data_dir, init=args.init,
         proxy_size=args.proxy_size, proxy_epochs=args.proxy_epochs, epochs=args.epochs,
+        finalists=args.finalists,
         latency_examples=args.latency_examples, seed=seeds[0], cache_dir=args.cache_dir,
     )  # fmt: skip
     started = time.perf_counter()
@@ -376,6 +377,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--proxy-epochs", type=int, default=3, help="epochs of each trial's proxy run"
+    )
+    parser.add_argument(
+        "--finalists",
+        type=int,
+        default=SearchConfig.finalists,
+        help="best trials within budget distilled on the training split (besides the "
+        "incumbent cut); each costs about one student's training",
     )
     parser.add_argument(
         "--epochs", type=int, default=5, help="epochs of every reported student on the whole split"
