@@ -184,11 +184,7 @@ def train_teacher(
 
 def uses_bf16(precision: str) -> bool:
     """Whether training autocasts to bf16: ``auto`` does where the CPU makes it fast."""
-    if precision == "auto":
-        return bf16_supported()
-    if precision == "bf16" and not bf16_supported():
-        logger.warning("bf16 asked for on a CPU without AVX512-BF16/AMX: it is emulated, slowly")
-    return precision == "bf16"
+    return bf16_supported() if precision == "auto" else precision == "bf16"
 
 
 def _teacher_config(config: TeacherConfig, task: Task) -> dict[str, Any]:
@@ -285,6 +281,8 @@ def _tune_classifier(
         resume = _resume_point(config, out, state.is_main_process)
     set_seed(config.seed)  # the new head's initialisation
     model, tokenizer = prepare_model(config, task)
+    if config.precision == "bf16" and not bf16_supported():
+        logger.warning("bf16 asked for on a CPU without AVX512-BF16/AMX: it is emulated, slowly")
 
     def compute_metrics(prediction: Any) -> dict[str, float]:
         scores = np.asarray(prediction.predictions)
