@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -388,6 +389,37 @@ def test_the_teacher_row_is_found_by_the_store_it_labelled(tmp_path, data_dir, c
     ctx = TaskContext(unbuilt, ctx.cache, get_task("cb"))  # the store would be built here
     with pytest.raises(RetriktError, match="gone does not exist"):
         METHODS["retrikt"].spec(ctx, 0)
+
+
+def test_a_teacher_folder_that_did_not_label_the_store_is_named_once(
+    tmp_path, data_dir, cb_store, caplog
+):
+    """A teacher folder retrained since the store was built (another machine, precision) has
+    other weights: the teacher row keys on the folder's teacher, and one warning names both
+    ids, so that its "not run yet" row or a table mixing two teachers is not a surprise."""
+    from retrikt.teachers.loading import TEACHER_CONFIG, tuned_folder_id
+
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    meta = {"task": "cb", "base_model": "qwen2.5-0.5b", "tuning": "lora"}
+    (folder / TEACHER_CONFIG).write_text(json.dumps(meta))
+    (folder / "adapter_model.safetensors").write_bytes(b"retrained")
+    labelled_by = {"id": "tuned:cb:qwen2.5-0.5b+lora:0123456789ab", "adapter": None}
+    store = _mixed_store(cb_store, tmp_path / "mixed", train=10, teacher=labelled_by)
+    config = _config(tmp_path, data_dir, store, teachers={"cb": folder})
+    ctx = TaskContext(config, ArtefactCache(tmp_path), get_task("cb"))
+    with caplog.at_level(logging.WARNING, logger="retrikt.harness.artefacts"):
+        ids = {METHODS["teacher"].spec(ctx, None)["teacher"] for _ in range(3)}
+    assert ids == {tuned_folder_id(folder)} != {labelled_by["id"]}
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert tuned_folder_id(folder) in warning and labelled_by["id"] in warning
+    caplog.clear()
+    agreeing = _mixed_store(cb_store, tmp_path / "agreeing", train=10,
+                            teacher={"id": tuned_folder_id(folder), "adapter": None})  # fmt: skip
+    ctx = TaskContext(replace(config, stores={"cb": agreeing}), ctx.cache, get_task("cb"))
+    with caplog.at_level(logging.WARNING, logger="retrikt.harness.artefacts"):
+        assert METHODS["teacher"].spec(ctx, None)["teacher"] == tuned_folder_id(folder)
+    assert not caplog.records
 
 
 def test_cli_arguments_build_the_config(tmp_path):

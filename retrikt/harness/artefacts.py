@@ -8,6 +8,7 @@ without RL share it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -88,6 +89,7 @@ class TaskContext:
         """The task's ``retrikt train-teacher`` folder, when the run was given one."""
         return self.config.teachers.get(self.task.name)
 
+    @functools.cached_property
     def tuned_teacher_id(self) -> str:
         """The tuned teacher's id (its weights' digest), read from its folder or, when that
         folder is not on this machine, from the given store it labelled: a teacher's result
@@ -95,13 +97,26 @@ class TaskContext:
         from retrikt.teachers.loading import TEACHER_CONFIG, tuned_folder_id
 
         folder = self.tuned_teacher
-        if folder is not None and (Path(folder) / TEACHER_CONFIG).is_file():
-            return tuned_folder_id(folder)
         given = self.config.stores.get(self.task.name)
+        labelled_by = None
         if given is not None:
             teacher = read_manifest(Path(given)).get("teacher") or {}
             if str(teacher.get("id", "")).startswith("tuned:"):
-                return teacher["id"]
+                labelled_by = teacher["id"]
+        if folder is not None and (Path(folder) / TEACHER_CONFIG).is_file():
+            found = tuned_folder_id(folder)
+            if labelled_by is not None and labelled_by != found:
+                # Both rows are then real but measure different teachers: say so once, so
+                # that a table mixing them (or "not run yet" rows) is not a surprise.
+                logger.warning(
+                    "%s: the teacher folder %s holds %s, but the given store %s was labelled "
+                    "by %s; the teacher row measures the folder's teacher and the store's rows "
+                    "carry the other one's labels",
+                    self.task.name, folder, found, given, labelled_by,
+                )  # fmt: skip
+            return found
+        if labelled_by is not None:
+            return labelled_by
         raise RetriktError(
             f"{self.task.name}: the teacher folder {folder} does not exist (nor does a given "
             "store name a tuned teacher)"
@@ -150,7 +165,7 @@ class TaskContext:
         for local in ("out", "data_dir", "cache_dir", "overwrite"):
             build.pop(local)
         if build["teacher"]:  # a teacher is its weights, wherever its folder lies
-            build["teacher"] = self.tuned_teacher_id()
+            build["teacher"] = self.tuned_teacher_id
         return {**self.base_spec, "build": build}
 
     def store_spec(self, rl: str, examples: str = "both") -> dict[str, Any]:

@@ -200,7 +200,7 @@ class TeacherMethod(Method):
         return None
 
     def spec(self, ctx: TaskContext, seed: int | None) -> dict[str, Any]:
-        return ctx.spec(self.name, seed, teacher=ctx.tuned_teacher_id())
+        return ctx.spec(self.name, seed, teacher=ctx.tuned_teacher_id)
 
     def fit(self, ctx: TaskContext, seed: int | None) -> Fitted:
         from retrikt.teachers.loading import load_teacher, teacher_card
