@@ -419,6 +419,9 @@ def test_a_teacher_folder_that_did_not_label_the_store_is_named_once(
     ctx = TaskContext(replace(config, stores={"cb": agreeing}), ctx.cache, get_task("cb"))
     with caplog.at_level(logging.WARNING, logger="retrikt.harness.artefacts"):
         assert METHODS["teacher"].spec(ctx, None)["teacher"] == tuned_folder_id(folder)
+        unbuilt = replace(config, stores={"cb": tmp_path / "built-later"})
+        ctx = TaskContext(unbuilt, ctx.cache, get_task("cb"))  # a store the run builds there
+        assert METHODS["teacher"].spec(ctx, None)["teacher"] == tuned_folder_id(folder)
     assert not caplog.records
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from retrikt.cache import ArtefactCache
 from retrikt.errors import RetriktError
 from retrikt.harness.scales import HARNESS_VERSION, HarnessConfig
-from retrikt.store.manifest import read_manifest
+from retrikt.store.manifest import MANIFEST_NAME, read_manifest
 from retrikt.tasks import Task, resolve_data_source
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class TaskContext:
         folder = self.tuned_teacher
         given = self.config.stores.get(self.task.name)
         labelled_by = None
-        if given is not None:
+        if given is not None and (Path(given) / MANIFEST_NAME).is_file():  # else: built later
             teacher = read_manifest(Path(given)).get("teacher") or {}
             if str(teacher.get("id", "")).startswith("tuned:"):
                 labelled_by = teacher["id"]
