@@ -177,17 +177,19 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tiny_base, toy_data, tmp
         def on_step_end(self, args, state, control, **kwargs):
             self.seen.append(state.global_step)
 
-    config = _config(tiny_base, toy_data, tmp_path / "cb", max_steps=4, eval_steps=2)
+    settings = dict(max_steps=4, eval_steps=2, grad_accum=2)  # LoRA dropout and shuffling
+    config = _config(tiny_base, toy_data, tmp_path / "cb", **settings)
     with pytest.raises(Killed):
         train_teacher(config, callbacks=[Kill()])
     assert (tmp_path / "cb" / CHECKPOINTS / "checkpoint-2").is_dir()
     with pytest.raises(ConfigError, match="lr: 0.005 then, 0.001 now"):
-        train_teacher(_config(tiny_base, toy_data, tmp_path / "cb", max_steps=4, eval_steps=2,
-                              lr=1e-3))  # fmt: skip
+        train_teacher(_config(tiny_base, toy_data, tmp_path / "cb", **settings, lr=1e-3))
     steps = Steps()
     result = train_teacher(config, callbacks=[steps])
     assert steps.seen == [3, 4]
     assert [e["step"] for e in result.log_history if "loss" in e] == [1, 2, 3, 4]
+    whole = train_teacher(_config(tiny_base, toy_data, tmp_path / "whole", **settings))
+    assert weights_digest(result.out) == weights_digest(whole.out)  # resuming changes nothing
     with pytest.raises(RetriktError, match="already holds a teacher"):
         train_teacher(config)
 
