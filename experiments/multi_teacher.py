@@ -22,7 +22,9 @@ rerun resumes and the report is rewritten after every unit::
         --teacher cb=experiments/cache/teachers/cb/gemma-lora \\
         --teacher cb=experiments/cache/teachers/cb/mpnet-full --seeds 0,1,2 --threads 1
 
-Seeds run outermost: every variant gets seed 0 before any gets seed 1.
+Seeds run outermost: every variant gets seed 0 before any gets seed 1. Runs of other
+variants or tasks may go in parallel, one a core (``--variants single`` beside
+``--variants multi-mean``): each keeps the rows the others wrote, with its own command.
 """
 
 from __future__ import annotations
@@ -179,9 +181,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     chosen = [v for v in variants(args.rationale_rule) if not args.variants
               or v.name in args.variants]  # fmt: skip
     results: dict[str, Any] = {}
-    path = Path(args.results_dir) / "multi_teacher.json"
-    if path.is_file():
-        results = json.loads(path.read_text()).get("results", {})
     for seed in args.seeds:
         for task_name in args.tasks:
             teachers = _teachers(args, task_name)
@@ -190,19 +189,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 name="multi_teacher", data_dir=args.data_dir, cache_dir=args.cache_dir,
             )  # fmt: skip
             ctx = TaskContext(harness, cache, get_task(task_name))
-            entry = results.setdefault(task_name, {"teachers": teachers, "variants": {}})
-            entry["command"] = args.command  # each task's rows come from its own run
             for variant in chosen:
                 logger.info("%s %s seed %d", task_name, variant.name, seed)
                 store, spec, info = store_for(ctx, cache, variant, teachers, args)
-                row = entry["variants"].setdefault(variant.name, {"seeds": {}})
-                row["store"] = {"name": variant.store, **store_summary(store, info)}
-                row["train"] = variant.train
+                row = {
+                    "store": {"name": variant.store, **store_summary(store, info)},
+                    "train": variant.train,
+                    "command": args.command,  # rows of one task may come from several runs
+                }
                 if not args.stores_only:
-                    row["seeds"][str(seed)] = student_for(ctx, cache, variant, store, spec, seed)
-                write_report(results, args)
+                    row["seeds"] = {str(seed): student_for(ctx, cache, variant, store, spec, seed)}
+                results = record(args, task_name, variant.name, row)
         if args.stores_only:
             break  # stores do not depend on the seed
+    return results
+
+
+def record(args: argparse.Namespace, task: str, variant: str, row: dict[str, Any]) -> dict:
+    """Add one row's unit to the results and rewrite the report.
+
+    The results are re-read before each write, so runs of other variants or tasks in parallel
+    (one per core, an hour a student) keep each other's rows.
+    """
+    path = Path(args.results_dir) / "multi_teacher.json"
+    results = json.loads(path.read_text())["results"] if path.is_file() else {}
+    kept = results.setdefault(task, {}).setdefault("variants", {}).setdefault(variant, {})
+    seeds = {**kept.get("seeds", {}), **row.pop("seeds", {})}
+    kept.update(row, seeds=seeds)
+    write_report(results, args)
     return results
 
 
@@ -220,7 +234,11 @@ def _scores(metrics: dict[str, Any] | None, names: tuple[str, ...]) -> str:
 def write_report(results: dict[str, Any], args: argparse.Namespace) -> None:
     out = Path(args.results_dir)
     write_json_atomic(out / "multi_teacher.json", {"results": results})
-    commands = dict.fromkeys(entry.get("command", args.command) for entry in results.values())
+    commands = dict.fromkeys(
+        row.get("command", entry.get("command"))  # older results kept one command a task
+        for entry in results.values()
+        for row in entry["variants"].values()
+    )
     lines = [
         "# Several teachers and their rationales in one store (issue 13)",
         "",

@@ -1,0 +1,91 @@
+"""``experiments/multi_teacher.py`` keeps the rows of runs of other variants made in parallel.
+
+A student costs up to an hour a seed, so one run per core, each on its own variants, is the
+normal way to fill multi_teacher.md; a run that wrote the results it read at its start would
+erase the rows the other run wrote meanwhile, and one command a task would misname them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parents[1] / "experiments" / "multi_teacher.py"
+
+
+@pytest.fixture()
+def multi_teacher(monkeypatch):
+    spec = importlib.util.spec_from_file_location("multi_teacher_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look themselves up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _store(name: str) -> dict:
+    teachers = [{"id": "tuned:rte:qwen", "validation": {"accuracy": 0.7}}]
+    return {
+        "name": name, "entries": 10, "build_seconds": 60.0, "teachers": teachers,
+        "label_validation": {"accuracy": 0.7}, "combination": None, "rationales": {},
+        "report": {"agreement": {}, "train": {}}, "demos": None, "rationale_examples": [],
+    }  # fmt: skip
+
+
+def _student(accuracy: float) -> dict:
+    return {"metrics": {"accuracy": accuracy}, "seconds": 120.0}
+
+
+def test_a_run_keeps_the_rows_a_parallel_run_wrote_meanwhile(multi_teacher, tmp_path, monkeypatch):
+    results = tmp_path / "multi_teacher.json"
+    earlier = {"variants": {"single": {"store": _store("single"), "train": {},
+                                       "seeds": {"0": _student(0.60)}}},
+               "command": "multi_teacher.py --tasks copa"}  # fmt: skip
+    results.write_text(json.dumps({"results": {"copa": earlier}}))
+
+    def student_for(ctx, cache, variant, store, spec, seed):
+        # the other process finishes its 'single' seed meanwhile, with its own command
+        other = json.loads(results.read_text())
+        row = {"store": _store("single"), "train": {}, "seeds": {"0": _student(0.62)},
+               "command": "multi_teacher.py --variants single"}  # fmt: skip
+        other["results"].setdefault("rte", {"variants": {}})["variants"]["single"] = row
+        results.write_text(json.dumps(other))
+        return _student(0.66)
+
+    monkeypatch.setattr(multi_teacher, "TaskContext", lambda *args: None)
+    monkeypatch.setattr(multi_teacher, "_teachers", lambda args, task: ["qwen", "gemma"])
+    monkeypatch.setattr(multi_teacher, "store_for", lambda *args: ("store", {}, {}))
+    monkeypatch.setattr(multi_teacher, "store_summary", lambda store, info: _store("multi-mean"))
+    monkeypatch.setattr(multi_teacher, "student_for", student_for)
+    argv = ["--data-dir", "data", "--tasks", "rte", "--variants", "multi-mean", "--seeds", "1",
+            "--results-dir", str(tmp_path)]  # fmt: skip
+    multi_teacher.main(argv)
+
+    written = json.loads(results.read_text())["results"]
+    assert written["copa"] == earlier
+    rte = written["rte"]["variants"]
+    assert rte["single"]["seeds"]["0"]["metrics"]["accuracy"] == 0.62
+    assert rte["multi-mean"]["seeds"] == {"1": _student(0.66)}
+    report = (tmp_path / "multi_teacher.md").read_text()
+    commands = ["multi_teacher.py --tasks copa", "multi_teacher.py --variants single",
+                "multi_teacher.py --data-dir data --tasks rte --variants multi-mean"]  # fmt: skip
+    assert all(command in report for command in commands)
+    assert "| single | single | 70.0 | 62.0 | 1 |" in report
+    assert "| multi-mean | multi-mean | 70.0 | 66.0 | 1 |" in report
+
+
+def test_a_rerun_of_one_seed_keeps_the_other_seeds(multi_teacher, tmp_path, monkeypatch):
+    row = {"store": _store("single"), "train": {}, "seeds": {"0": _student(0.60)},
+           "command": "first run"}  # fmt: skip
+    (tmp_path / "multi_teacher.json").write_text(
+        json.dumps({"results": {"rte": {"variants": {"single": row}}}})
+    )
+    monkeypatch.setattr(multi_teacher, "write_report", lambda results, args: None)
+    args = type("Args", (), {"results_dir": str(tmp_path)})()
+    new = {"store": _store("single"), "train": {}, "seeds": {"1": _student(0.64)},
+           "command": "second run"}  # fmt: skip
+    results = multi_teacher.record(args, "rte", "single", new)
+    assert set(results["rte"]["variants"]["single"]["seeds"]) == {"0", "1"}
+    assert results["rte"]["variants"]["single"]["command"] == "second run"
