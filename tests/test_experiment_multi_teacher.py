@@ -6,23 +6,15 @@ erase the rows the other run wrote meanwhile, and one command a task would misna
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).parents[1] / "experiments" / "multi_teacher.py"
+from script_helpers import load_script
 
 
 @pytest.fixture()
 def multi_teacher(monkeypatch):
-    spec = importlib.util.spec_from_file_location("multi_teacher_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look themselves up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("multi_teacher", monkeypatch)
 
 
 def _store(name: str) -> dict:

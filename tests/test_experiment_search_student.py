@@ -5,20 +5,13 @@ A task's search and students cost an hour or more, so tasks are run one command 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).parents[1] / "experiments" / "search_student.py"
+from script_helpers import load_script
 
 
 def _script(monkeypatch):
-    spec = importlib.util.spec_from_file_location("search_student_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("search_student", monkeypatch)
 
 
 def test_earlier_tasks_are_kept_with_their_command_and_machine_unless_redone(tmp_path, monkeypatch):

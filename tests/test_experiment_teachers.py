@@ -6,23 +6,16 @@ rows the other run wrote meanwhile."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).parents[1] / "experiments" / "teachers.py"
+from script_helpers import load_script
 
 
 @pytest.fixture()
 def teachers(monkeypatch):
-    spec = importlib.util.spec_from_file_location("teachers_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look themselves up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("teachers", monkeypatch)
 
 
 def _row(accuracy: float) -> dict:
