@@ -182,8 +182,6 @@ class TaskContext:
         by ``--teacher``, written where it was asked for: a folder to keep, and every result
         that uses it is keyed by its identity, wherever it is later found.
         """
-        from retrikt.store import MANIFEST_NAME
-
         given = self.config.stores.get(self.task.name)
         if given is None:
             return
