@@ -209,11 +209,22 @@ def record(args: argparse.Namespace, task: str, variant: str, row: dict[str, Any
     """Add one row's unit to the results and rewrite the report.
 
     The results are re-read before each write, so runs of other variants or tasks in parallel
-    (one per core, an hour a student) keep each other's rows.
+    (one per core, an hour a student) keep each other's rows. A task's rows are grouped by
+    their lead (first) teacher: a teacher retrained on another machine has other weights,
+    and its seeds must not be averaged with the old teacher's.
     """
     path = Path(args.results_dir) / "multi_teacher.json"
     results = json.loads(path.read_text())["results"] if path.is_file() else {}
-    kept = results.setdefault(task, {}).setdefault("variants", {}).setdefault(variant, {})
+    teachers = [t["id"] for t in row["store"]["teachers"]]
+    section = f"{task} / {teachers[0]}"
+    entry = results.setdefault(section, {"task": task, "variants": {}})
+    kept = entry["variants"].setdefault(variant, {})
+    if kept and [t["id"] for t in kept["store"]["teachers"]] != teachers:
+        raise SystemExit(
+            f"{path}: {section!r} holds {variant!r} rows of the teachers "
+            f"{[t['id'] for t in kept['store']['teachers']]}, this run's are {teachers}; "
+            "give them another --results-dir"
+        )
     seeds = {**kept.get("seeds", {}), **row.pop("seeds", {})}
     kept.update(row, seeds=seeds)
     write_report(results, args)
@@ -256,14 +267,15 @@ def write_report(results: dict[str, Any], args: argparse.Namespace) -> None:
         "store's label for the validation examples (the combined teacher) scored the same "
         "way. Scores x100, the task's official metrics. Times are of one process with "
         f"{args.threads} torch thread(s) on a {os.cpu_count()}-core machine shared with other "
-        "jobs: upper bounds.",
+        "jobs: upper bounds. A section is a task and its lead (first) teacher: a teacher "
+        "retrained on another machine has other weights, so its rows get a section of their own.",
         "",
     ]
-    for task_name, entry in results.items():
-        task = get_task(task_name)
+    for section, entry in results.items():
+        task = get_task(entry["task"])
         names = task.metric_names
         metric = ", ".join(names)
-        lines += [f"## {task_name}", "", "Teachers (`--teacher`, in order):", ""]
+        lines += [f"## {section}", "", "Teachers (`--teacher`, in order):", ""]
         first = next(iter(entry["variants"].values()))["store"]
         multi = next((v["store"] for k, v in entry["variants"].items()
                       if k.startswith("multi-")), first)  # fmt: skip

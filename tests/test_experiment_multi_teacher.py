@@ -2,7 +2,9 @@
 
 A student costs up to an hour a seed, so one run per core, each on its own variants, is the
 normal way to fill multi_teacher.md; a run that wrote the results it read at its start would
-erase the rows the other run wrote meanwhile, and one command a task would misname them."""
+erase the rows the other run wrote meanwhile, and one command a task would misname them. Rows
+are grouped by task and lead teacher: a retrained teacher's seeds are not averaged with the
+old one's."""
 
 from __future__ import annotations
 
@@ -11,14 +13,16 @@ import json
 import pytest
 from script_helpers import load_script
 
+RTE = "rte / tuned:rte:qwen"  # a section: the task and its lead teacher
+
 
 @pytest.fixture()
 def multi_teacher(monkeypatch):
     return load_script("multi_teacher", monkeypatch)
 
 
-def _store(name: str) -> dict:
-    teachers = [{"id": "tuned:rte:qwen", "validation": {"accuracy": 0.7}}]
+def _store(name: str, *ids: str) -> dict:
+    teachers = [{"id": i, "validation": {"accuracy": 0.7}} for i in ids or ["tuned:rte:qwen"]]
     return {
         "name": name, "entries": 10, "build_seconds": 60.0, "teachers": teachers,
         "label_validation": {"accuracy": 0.7}, "combination": None, "rationales": {},
@@ -34,15 +38,16 @@ def test_a_run_keeps_the_rows_a_parallel_run_wrote_meanwhile(multi_teacher, tmp_
     results = tmp_path / "multi_teacher.json"
     earlier = {"variants": {"single": {"store": _store("single"), "train": {},
                                        "seeds": {"0": _student(0.60)}}},
-               "command": "multi_teacher.py --tasks copa"}  # fmt: skip
-    results.write_text(json.dumps({"results": {"copa": earlier}}))
+               "task": "copa", "command": "multi_teacher.py --tasks copa"}  # fmt: skip
+    results.write_text(json.dumps({"results": {"copa / tuned:rte:qwen": earlier}}))
 
     def student_for(ctx, cache, variant, store, spec, seed):
         # the other process finishes its 'single' seed meanwhile, with its own command
         other = json.loads(results.read_text())
         row = {"store": _store("single"), "train": {}, "seeds": {"0": _student(0.62)},
                "command": "multi_teacher.py --variants single"}  # fmt: skip
-        other["results"].setdefault("rte", {"variants": {}})["variants"]["single"] = row
+        rte = other["results"].setdefault(RTE, {"task": "rte", "variants": {}})
+        rte["variants"]["single"] = row
         results.write_text(json.dumps(other))
         return _student(0.66)
 
@@ -56,8 +61,8 @@ def test_a_run_keeps_the_rows_a_parallel_run_wrote_meanwhile(multi_teacher, tmp_
     multi_teacher.main(argv)
 
     written = json.loads(results.read_text())["results"]
-    assert written["copa"] == earlier
-    rte = written["rte"]["variants"]
+    assert written["copa / tuned:rte:qwen"] == earlier
+    rte = written[RTE]["variants"]
     assert rte["single"]["seeds"]["0"]["metrics"]["accuracy"] == 0.62
     assert rte["multi-mean"]["seeds"] == {"1": _student(0.66)}
     report = (tmp_path / "multi_teacher.md").read_text()
@@ -68,16 +73,38 @@ def test_a_run_keeps_the_rows_a_parallel_run_wrote_meanwhile(multi_teacher, tmp_
     assert "| multi-mean | multi-mean | 70.0 | 66.0 | 1 |" in report
 
 
-def test_a_rerun_of_one_seed_keeps_the_other_seeds(multi_teacher, tmp_path, monkeypatch):
+def _record_over(multi_teacher, tmp_path, monkeypatch, new: dict) -> dict:
+    """``record`` of ``new`` over an 'rte single' row of seed 0 led by tuned:rte:qwen."""
     row = {"store": _store("single"), "train": {}, "seeds": {"0": _student(0.60)},
            "command": "first run"}  # fmt: skip
     (tmp_path / "multi_teacher.json").write_text(
-        json.dumps({"results": {"rte": {"variants": {"single": row}}}})
+        json.dumps({"results": {RTE: {"task": "rte", "variants": {"single": row}}}})
     )
     monkeypatch.setattr(multi_teacher, "write_report", lambda results, args: None)
     args = type("Args", (), {"results_dir": str(tmp_path)})()
-    new = {"store": _store("single"), "train": {}, "seeds": {"1": _student(0.64)},
-           "command": "second run"}  # fmt: skip
-    results = multi_teacher.record(args, "rte", "single", new)
-    assert set(results["rte"]["variants"]["single"]["seeds"]) == {"0", "1"}
-    assert results["rte"]["variants"]["single"]["command"] == "second run"
+    return multi_teacher.record(args, "rte", new.pop("variant"), new)
+
+
+def test_a_rerun_of_one_seed_keeps_the_other_seeds(multi_teacher, tmp_path, monkeypatch):
+    new = {"variant": "single", "store": _store("single"), "train": {},
+           "seeds": {"1": _student(0.64)}, "command": "second run"}  # fmt: skip
+    results = _record_over(multi_teacher, tmp_path, monkeypatch, new)
+    assert set(results[RTE]["variants"]["single"]["seeds"]) == {"0", "1"}
+    assert results[RTE]["variants"]["single"]["command"] == "second run"
+
+
+def test_a_retrained_lead_teacher_gets_a_section_of_its_own(multi_teacher, tmp_path, monkeypatch):
+    new = {"variant": "single", "store": _store("single", "tuned:rte:qwen-again"), "train": {},
+           "seeds": {"0": _student(0.64)}, "command": "rerun"}  # fmt: skip
+    results = _record_over(multi_teacher, tmp_path, monkeypatch, new)
+    assert results[RTE]["variants"]["single"]["seeds"] == {"0": _student(0.60)}
+    again = results["rte / tuned:rte:qwen-again"]
+    assert again["task"] == "rte"
+    assert again["variants"]["single"]["seeds"] == {"0": _student(0.64)}
+
+
+def test_a_row_of_other_teachers_is_refused_not_averaged(multi_teacher, tmp_path, monkeypatch):
+    new = {"variant": "single", "store": _store("single", "tuned:rte:qwen", "tuned:rte:gemma"),
+           "train": {}, "seeds": {"1": _student(0.64)}, "command": "rerun"}  # fmt: skip
+    with pytest.raises(SystemExit, match="another --results-dir"):
+        _record_over(multi_teacher, tmp_path, monkeypatch, new)
