@@ -219,11 +219,11 @@ def record(args: argparse.Namespace, task: str, variant: str, row: dict[str, Any
     section = f"{task} / {teachers[0]}"
     entry = results.setdefault(section, {"task": task, "variants": {}})
     kept = entry["variants"].setdefault(variant, {})
-    if kept and [t["id"] for t in kept["store"]["teachers"]] != teachers:
+    earlier = [t["id"] for t in kept["store"]["teachers"]] if kept else teachers
+    if earlier != teachers:
         raise SystemExit(
-            f"{path}: {section!r} holds {variant!r} rows of the teachers "
-            f"{[t['id'] for t in kept['store']['teachers']]}, this run's are {teachers}; "
-            "give them another --results-dir"
+            f"{path}: {section!r} holds {variant!r} rows of the teachers {earlier}, this "
+            f"run's are {teachers}; give them another --results-dir"
         )
     seeds = {**kept.get("seeds", {}), **row.pop("seeds", {})}
     kept.update(row, seeds=seeds)
@@ -246,9 +246,7 @@ def write_report(results: dict[str, Any], args: argparse.Namespace) -> None:
     out = Path(args.results_dir)
     write_json_atomic(out / "multi_teacher.json", {"results": results})
     commands = dict.fromkeys(
-        row.get("command", entry.get("command"))  # older results kept one command a task
-        for entry in results.values()
-        for row in entry["variants"].values()
+        row["command"] for entry in results.values() for row in entry["variants"].values()
     )
     lines = [
         "# Several teachers and their rationales in one store (issue 13)",

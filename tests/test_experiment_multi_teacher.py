@@ -37,8 +37,9 @@ def _student(accuracy: float) -> dict:
 def test_a_run_keeps_the_rows_a_parallel_run_wrote_meanwhile(multi_teacher, tmp_path, monkeypatch):
     results = tmp_path / "multi_teacher.json"
     earlier = {"variants": {"single": {"store": _store("single"), "train": {},
-                                       "seeds": {"0": _student(0.60)}}},
-               "task": "copa", "command": "multi_teacher.py --tasks copa"}  # fmt: skip
+                                       "seeds": {"0": _student(0.60)},
+                                       "command": "multi_teacher.py --tasks copa"}},
+               "task": "copa"}  # fmt: skip
     results.write_text(json.dumps({"results": {"copa / tuned:rte:qwen": earlier}}))
 
     def student_for(ctx, cache, variant, store, spec, seed):
