@@ -111,6 +111,17 @@ def test_resume_after_a_kill_loses_and_duplicates_nothing(tiny_lm, tmp_path):
     assert {r["id"]: r["text"] for r in read_generations(work)} == expected
 
 
+def test_resuming_counts_only_the_given_jobs_records(tiny_lm, tmp_path, caplog):
+    # Rationales write their two demonstrations and then every entry into one folder.
+    jobs = _jobs(2)
+    run_generation(tiny_lm, jobs[:2], tmp_path)
+    with caplog.at_level("INFO", logger="retrikt.generator.generation"):
+        run_generation(tiny_lm, jobs[4:], tmp_path)
+        assert "resuming" not in caplog.text
+        run_generation(tiny_lm, jobs[:4], tmp_path)
+    assert "resuming: 2 of 4 jobs already written" in caplog.text
+
+
 def test_shards_split_the_jobs_and_merge_into_the_same_set(tiny_lm, tmp_path):
     jobs = _jobs(3)
     for rank in (0, 1):

@@ -124,8 +124,9 @@ def run_generation(
     done = {record["id"] for record in read_generations(work)}
     mine = [job for job in jobs[rank::world] if job.id not in done]
     total_mine = len(jobs[rank::world])
-    if done:
-        logger.info("resuming: %d of %d jobs already written", len(done), len(jobs))
+    written = sum(job.id in done for job in jobs)  # the folder may hold other jobs' records
+    if written:
+        logger.info("resuming: %d of %d jobs already written", written, len(jobs))
     bar = tqdm(total=total_mine, initial=total_mine - len(mine), desc="generating", unit="ex")
     tokens, started = 0, time.perf_counter()
     with shard.open("a", encoding="utf-8") as fh:
