@@ -143,7 +143,7 @@ def test_rationales_are_generated_in_batches_and_resume_from_the_cache(tmp_path,
         assert prompt.count("Explanation:") == 3
     # a rerun asks for nothing and gives the same rationales
     again = _entries()
-    write_rationales(config, CB, ["cb"], train, again)
+    assert write_rationales(config, CB, ["cb"], train, again)["tokens"] == 0  # nothing written
     assert len(tiny_lm) == demos + rows
     assert [e.rationale for e in again] == [e.rationale for e in entries]
     # a run killed after some batches resumes with the rest only
@@ -151,8 +151,9 @@ def test_rationales_are_generated_in_batches_and_resume_from_the_cache(tmp_path,
     lines = shard.read_text().splitlines(keepends=True)
     shard.write_text("".join(lines[:-2]))
     resumed = _entries()
-    write_rationales(config, CB, ["cb"], train, resumed)
+    cost = write_rationales(config, CB, ["cb"], train, resumed)
     assert len(tiny_lm) == demos + rows + 2
+    assert cost["tokens"] == sum(json.loads(line)["tokens"] for line in lines[-2:])
     assert [e.rationale for e in resumed] == [e.rationale for e in entries]
 
 

@@ -164,7 +164,8 @@ def write_rationales(
 ) -> dict[str, Any]:
     """Set ``rationale`` on every entry (in place), generating what the cache lacks.
 
-    Returns what it cost: entries, how many got a rationale, tokens and seconds.
+    Returns what it cost: entries, how many got a rationale, and the tokens this run wrote
+    in its seconds (rows from the cache cost neither, so their ratio is the run's speed).
     """
     from retrikt.generator.lm import load_policy
     from retrikt.generator.sampler import Sampler
@@ -201,15 +202,15 @@ def write_rationales(
         )
     # Similar lengths in a batch waste less compute on padding; ids fix each row's output.
     ordered = sorted(jobs.values(), key=lambda job: len(job.prompt))
+    cached = set(written)
     run_generation(sampler, ordered, work)
     written = {r["id"]: r for r in read_generations(work)}
-    tokens = 0
+    tokens = sum(int(written[job_id]["tokens"]) for job_id in jobs if job_id not in cached)
     for entry in entries:
         job_id = _job_id(
             entry.id or entry_id(task.name, entry.fields), task, entry_label(task, entry)
         )
         entry.rationale = clean_rationale(written[job_id]["text"])
-        tokens += int(written[job_id]["tokens"])
     stats = {
         "model": config.rationale_llm,
         "entries": len(entries),
@@ -219,7 +220,7 @@ def write_rationales(
         "demos": [{"fields": _demo_fields(d), "rationale": d.rationale} for d in demos],
     }
     logger.info(
-        "rationales: %d of %d written, %d tokens, %.0f s (this run; cached rows are free)",
+        "rationales: %d of %d written; this run wrote %d tokens in %.0f s (cached rows are free)",
         stats["written"], len(entries), tokens, stats["seconds"],
     )  # fmt: skip
     return stats
