@@ -263,9 +263,9 @@ def write_report(results: dict[str, Any], args: argparse.Namespace) -> None:
         "`--tune-retrieval`; scored on the whole validation split, mean ± sd over the seeds "
         "done. Only the store and the rationale options differ. *store label* is the "
         "store's label for the validation examples (the combined teacher) scored the same "
-        "way. Scores x100, the task's official metrics. Times are of one process with "
-        f"{args.threads} torch thread(s) on a {os.cpu_count()}-core machine shared with other "
-        "jobs: upper bounds. A section is a task and its lead (first) teacher: a teacher "
+        "way. Scores x100, the task's official metrics. Times are of one process with its "
+        f"command's `--threads` torch threads on a {os.cpu_count()}-core machine shared with "
+        "other jobs: upper bounds. A section is a task and its lead (first) teacher: a teacher "
         "retrained on another machine has other weights, so its rows get a section of their own.",
         "",
     ]
@@ -339,14 +339,17 @@ def write_report(results: dict[str, Any], args: argparse.Namespace) -> None:
             seen = {}
             for store in costs:
                 seen.setdefault(store["name"], store)
-            lines += ["", "Rationales (cost of the run that wrote them; cached rows cost 0):", ""]
+            lines += ["", "Rationales, and what the store's build spent on them:", ""]
             for store in seen.values():
                 r = store["rationales"]
-                rate = r["tokens"] / r["seconds"] if r["seconds"] else 0
+                # Stores built before generated_tokens was recorded give no speed.
+                new = r.get("generated_tokens")
+                spent = (f"generated {new} in {r['seconds'] / 60:.1f} min"
+                         f" ({new / r['seconds']:.1f} tok/s)" if new is not None else
+                         f"{r['seconds'] / 60:.1f} min, resumed rows not told apart")  # fmt: skip
                 lines.append(
                     f"- {store['name']}: {r['written']} of {r['entries']} written by "
-                    f"{r['model']}, {r['tokens']} tokens in {r['seconds'] / 60:.1f} min "
-                    f"({rate:.1f} tok/s)"
+                    f"{r['model']}, {r['tokens']} tokens; the build {spent}"
                 )
             example = next((s for s in seen.values() if s["rationale_examples"]), None)
             if example:

@@ -109,3 +109,23 @@ def test_a_row_of_other_teachers_is_refused_not_averaged(multi_teacher, tmp_path
            "train": {}, "seeds": {"1": _student(0.64)}, "command": "rerun"}  # fmt: skip
     with pytest.raises(SystemExit, match="another --results-dir"):
         _record_over(multi_teacher, tmp_path, monkeypatch, new)
+
+
+def test_the_rationale_speed_counts_only_the_tokens_the_build_generated(multi_teacher, tmp_path):
+    def rationale_row(**stats) -> dict:
+        store = {**_store("single+rationales"), "rationales": {
+            "model": "qwen", "entries": 100, "written": 100, "tokens": 4800, "seconds": 600.0,
+            **stats}}  # fmt: skip
+        return {"store": store, "train": {}, "seeds": {"0": _student(0.6)}, "command": "c"}
+
+    args = type("Args", (), {"results_dir": str(tmp_path)})()
+    resumed = {"single+rationale-loss": rationale_row(generated_tokens=1200)}
+    multi_teacher.write_report({RTE: {"task": "rte", "variants": resumed}}, args)
+    report = (tmp_path / "multi_teacher.md").read_text()
+    assert "100 of 100 written by qwen, 4800 tokens; the build generated 1200 in 10.0 min" in report
+    assert "(2.0 tok/s)" in report  # 1200 / 600 s, not 4800 / 600 s
+    older = {"single+rationale-loss": rationale_row()}  # recorded before the count existed
+    multi_teacher.write_report({RTE: {"task": "rte", "variants": older}}, args)
+    report = (tmp_path / "multi_teacher.md").read_text()
+    assert "4800 tokens; the build 10.0 min, resumed rows not told apart" in report
+    assert "tok/s" not in report

@@ -134,7 +134,7 @@ def test_rationales_are_generated_in_batches_and_resume_from_the_cache(tmp_path,
     stats = write_rationales(config, CB, ["cb"], train, entries)
     demos, rows = 2, len(entries)
     assert len(tiny_lm) == demos + rows  # each prompt once: the 2 demos, then every entry
-    assert stats["entries"] == rows and stats["tokens"] > 0
+    assert stats["entries"] == rows and stats["tokens"] == stats["generated_tokens"] > 0
     assert all(e.rationale for e in entries)
     # every entry's prompt shows its gold label after the two explained demos
     for entry in entries:
@@ -143,7 +143,7 @@ def test_rationales_are_generated_in_batches_and_resume_from_the_cache(tmp_path,
         assert prompt.count("Explanation:") == 3
     # a rerun asks for nothing and gives the same rationales
     again = _entries()
-    assert write_rationales(config, CB, ["cb"], train, again)["tokens"] == 0  # nothing written
+    assert write_rationales(config, CB, ["cb"], train, again)["generated_tokens"] == 0
     assert len(tiny_lm) == demos + rows
     assert [e.rationale for e in again] == [e.rationale for e in entries]
     # a run killed after some batches resumes with the rest only
@@ -153,7 +153,8 @@ def test_rationales_are_generated_in_batches_and_resume_from_the_cache(tmp_path,
     resumed = _entries()
     cost = write_rationales(config, CB, ["cb"], train, resumed)
     assert len(tiny_lm) == demos + rows + 2
-    assert cost["tokens"] == sum(json.loads(line)["tokens"] for line in lines[-2:])
+    assert cost["tokens"] == stats["tokens"]
+    assert cost["generated_tokens"] == sum(json.loads(line)["tokens"] for line in lines[-2:])
     assert [e.rationale for e in resumed] == [e.rationale for e in entries]
 
 

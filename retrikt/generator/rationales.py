@@ -164,8 +164,9 @@ def write_rationales(
 ) -> dict[str, Any]:
     """Set ``rationale`` on every entry (in place), generating what the cache lacks.
 
-    Returns what it cost: entries, how many got a rationale, and the tokens this run wrote
-    in its seconds (rows from the cache cost neither, so their ratio is the run's speed).
+    Returns what it holds and cost: entries, how many got a rationale, their tokens, and
+    the tokens this run generated in its seconds (cached rows cost neither, so the ratio
+    of those two is the run's speed).
     """
     from retrikt.generator.lm import load_policy
     from retrikt.generator.sampler import Sampler
@@ -205,7 +206,8 @@ def write_rationales(
     cached = set(written)
     run_generation(sampler, ordered, work)
     written = {r["id"]: r for r in read_generations(work)}
-    tokens = sum(int(written[job_id]["tokens"]) for job_id in jobs if job_id not in cached)
+    tokens = sum(int(written[job_id]["tokens"]) for job_id in jobs)
+    generated = sum(int(written[job_id]["tokens"]) for job_id in jobs if job_id not in cached)
     for entry in entries:
         job_id = _job_id(
             entry.id or entry_id(task.name, entry.fields), task, entry_label(task, entry)
@@ -216,12 +218,13 @@ def write_rationales(
         "entries": len(entries),
         "written": sum(e.rationale is not None for e in entries),
         "tokens": tokens,
+        "generated_tokens": generated,
         "seconds": round(time.perf_counter() - started, 1),
         "demos": [{"fields": _demo_fields(d), "rationale": d.rationale} for d in demos],
     }
     logger.info(
-        "rationales: %d of %d written; this run wrote %d tokens in %.0f s (cached rows are free)",
-        stats["written"], len(entries), tokens, stats["seconds"],
+        "rationales: %d of %d written, %d tokens; this run generated %d in %.0f s",
+        stats["written"], len(entries), tokens, generated, stats["seconds"],
     )  # fmt: skip
     return stats
 
