@@ -342,11 +342,12 @@ def write_report(results: dict[str, Any], args: argparse.Namespace) -> None:
             lines += ["", "Rationales, and what the store's build spent on them:", ""]
             for store in seen.values():
                 r = store["rationales"]
-                # Stores built before generated_tokens was recorded give no speed.
-                new = r.get("generated_tokens")
-                spent = (f"generated {new} in {r['seconds'] / 60:.1f} min"
-                         f" ({new / r['seconds']:.1f} tok/s)" if new is not None else
-                         f"{r['seconds'] / 60:.1f} min, resumed rows not told apart")  # fmt: skip
+                new = r.get("generated_tokens")  # not in stores built before it was recorded
+                minutes = f"{r['seconds'] / 60:.1f} min"
+                if new is None:
+                    spent = f"{minutes}, resumed rows not told apart"
+                else:
+                    spent = f"generated {new} in {minutes} ({new / r['seconds']:.1f} tok/s)"
                 lines.append(
                     f"- {store['name']}: {r['written']} of {r['entries']} written by "
                     f"{r['model']}, {r['tokens']} tokens; the build {spent}"

@@ -104,8 +104,9 @@ def test_resume_after_a_kill_loses_and_duplicates_nothing(tiny_lm, tmp_path):
     assert len(read_generations(work)) == 6
 
     seen = []
-    run_generation(tiny_lm, jobs, work, annotate=lambda rs: seen.extend(rs))
+    generated = run_generation(tiny_lm, jobs, work, annotate=lambda rs: seen.extend(rs))
     assert len(seen) == 6  # only the missing jobs were generated
+    assert generated == sum(r["tokens"] for r in seen)
     lines = shard.read_text().splitlines()
     assert len(lines) == 12 and all(json.loads(line) for line in lines)
     assert {r["id"]: r["text"] for r in read_generations(work)} == expected

@@ -109,8 +109,8 @@ def run_generation(
     rank: int = 0,
     world: int = 1,
     annotate: Callable[[list[dict[str, Any]]], None] | None = None,
-) -> Path:
-    """Generate this rank's share of ``jobs`` not yet on disk; returns its shard path.
+) -> int:
+    """Generate this rank's share of ``jobs`` not yet on disk; returns the tokens it generated.
 
     ``annotate`` may add fields to a batch's records (parse, teacher labels) before they
     are written, so that work is checkpointed with the text it belongs to. Batch size and
@@ -154,7 +154,7 @@ def run_generation(
             bar.update(len(batch))
             bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
     bar.close()
-    return shard
+    return tokens
 
 
 def _chunks(items: Sequence[Job], size: int) -> Iterable[Sequence[Job]]:

@@ -203,11 +203,9 @@ def write_rationales(
         )
     # Similar lengths in a batch waste less compute on padding; ids fix each row's output.
     ordered = sorted(jobs.values(), key=lambda job: len(job.prompt))
-    cached = set(written)
-    run_generation(sampler, ordered, work)
+    generated = run_generation(sampler, ordered, work)
     written = {r["id"]: r for r in read_generations(work)}
     tokens = sum(int(written[job_id]["tokens"]) for job_id in jobs)
-    generated = sum(int(written[job_id]["tokens"]) for job_id in jobs if job_id not in cached)
     for entry in entries:
         job_id = _job_id(
             entry.id or entry_id(task.name, entry.fields), task, entry_label(task, entry)
