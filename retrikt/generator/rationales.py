@@ -194,10 +194,12 @@ def write_rationales(
         for ex, job in zip(demo_examples, demo_jobs, strict=True)
     ]
     jobs: dict[str, Job] = {}
+    entry_jobs: list[str] = []  # each entry's job id (equal entries share one job)
     for n, entry in enumerate(entries):
         label = entry_label(task, entry)
         example = {**entry.fields, "label": label}
         job_id = _job_id(entry.id or entry_id(task.name, entry.fields), task, label)
+        entry_jobs.append(job_id)
         jobs.setdefault(
             job_id, Job(job_id, label, n, rationale_prompt(task, example, label, demos))
         )
@@ -206,10 +208,7 @@ def write_rationales(
     generated = run_generation(sampler, ordered, work)
     written = {r["id"]: r for r in read_generations(work)}
     tokens = sum(int(written[job_id]["tokens"]) for job_id in jobs)
-    for entry in entries:
-        job_id = _job_id(
-            entry.id or entry_id(task.name, entry.fields), task, entry_label(task, entry)
-        )
+    for entry, job_id in zip(entries, entry_jobs, strict=True):
         entry.rationale = clean_rationale(written[job_id]["text"])
     stats = {
         "model": config.rationale_llm,
