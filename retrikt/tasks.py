@@ -381,9 +381,14 @@ class Task:
             info["label_mean"] = round(sum(labels) / len(labels), 3)
             info["label_min"], info["label_max"] = min(labels), max(labels)
         elif labels:
-            counts = Counter(labels)
-            info["labels"] = {self.label_name(k): counts[k] for k in sorted(counts)}
+            info["labels"] = self.label_counts(labels)
         return info
+
+    def label_counts(self, labels: list[int]) -> dict[str, int]:
+        """How often each class occurs in ``labels``, by name: a split's gold labels, or a
+        model's predictions (one class alone means it has collapsed to it)."""
+        counts = Counter(labels)
+        return {self.label_name(k): counts[k] for k in sorted(counts)}
 
 
 def byte_position(path: Path, err: UnicodeDecodeError) -> str:

@@ -20,7 +20,7 @@ from retrikt.errors import RetriktError
 from retrikt.harness.artefacts import TaskContext
 from retrikt.harness.knn import KnnVote
 from retrikt.harness.methods import METHODS, KnnOnly, StudentMethod
-from retrikt.harness.report import _params, summarise
+from retrikt.harness.report import _params, render_markdown, summarise
 from retrikt.harness.running import run_harness
 from retrikt.harness.scales import SCALES, HarnessConfig
 from retrikt.store import KnowledgeStore
@@ -104,6 +104,10 @@ def test_report_caching_and_resume(tmp_path, data_dir, cb_store, monkeypatch):
     assert student["metrics"]["accuracy"]["std"] == pytest.approx(np.std(accuracy, ddof=1))
     assert student["runs"] == 2 and student["eval_examples"] == 56
     assert student["params"] > 10_000_000 and student["latency_ms_p50"] > 0
+    # Each run counts its predicted classes by name, over the whole validation split.
+    predicted = runs[0]["predicted_labels"]
+    assert set(predicted) <= {"entailment", "contradiction", "neutral"}
+    assert sum(predicted.values()) == 56
     markdown = (tmp_path / "results" / "tiny.md").read_text()
     assert markdown.startswith("# RetriKT evaluation: tiny")
     assert "retrikt evaluate --tasks cb --name tiny" in markdown.split("##")[0]
@@ -237,6 +241,25 @@ def test_summary_marks_missing_and_partial_runs():
     assert summary["a"]["missing_seeds"] == [1] and summary["a"]["reason"] == "boom"
     assert summary["a"]["score"] == {"mean": 0.5, "std": 0.0}
     assert summary["b"] == {"task": "cb", "method": "b", "runs": 0, "status": "n/a", "reason": "no"}
+
+
+def test_a_run_that_predicts_one_class_is_flagged(tmp_path, data_dir, cb_store):
+    """A score at the majority class's level may be a collapse onto it: the table says so."""
+    ok = {"status": "ok", "metrics": {"accuracy": 0.1, "macro_f1": 0.1}, "score": 0.1}
+    ok |= {"params": 1, "train_seconds": 1.0, "latency_ms_p50": 1.0}
+    ok |= {"eval_examples": 56, "train_examples": 8}
+    student = {"task": "cb", "method": "student-ft", **ok}
+    rows = [
+        {**student, "seed": 0, "predicted_labels": {"neutral": 56}},
+        {**student, "seed": 1, "predicted_labels": {"entailment": 30, "neutral": 26}},
+        {"task": "cb", "method": "knn-only", "seed": None, **ok},  # measured before the counts
+    ]
+    summary = summarise(rows)
+    assert summary[0]["one_class"] == [{"seed": 0, "label": "neutral"}]
+    assert "one_class" not in summary[1]
+    markdown = render_markdown(_config(tmp_path, data_dir, cb_store), rows, summary)
+    assert "|  | seed 0: predicts neutral for all 56 examples |" in markdown
+    assert "seed 1: predicts" not in markdown and "the run: predicts" not in markdown
 
 
 def test_cache_keys_hold_what_each_method_depends_on(tmp_path, data_dir, cb_store):

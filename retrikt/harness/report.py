@@ -66,6 +66,14 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entry["latency_ms_p50"] = float(np.median(latencies)) if latencies else None
         entry["eval_examples"] = ok[0]["eval_examples"]
         entry["train_examples"] = ok[0]["train_examples"]
+        # Results measured before predictions were counted have no "predicted_labels".
+        collapsed = [
+            {"seed": r["seed"], "label": next(iter(r["predicted_labels"]))}
+            for r in ok
+            if len(r.get("predicted_labels", {})) == 1
+        ]
+        if collapsed:
+            entry["one_class"] = collapsed
         out.append(entry)
     return out
 
@@ -198,6 +206,12 @@ def render_markdown(config: HarnessConfig, rows: list[dict], summary: list[dict]
                 + f" | {entry['artefact_seconds'] or '—'}"
                 + f" | {'—' if latency is None else f'{latency:.1f}'} |"
             )
+            for run in entry.get("one_class", []):
+                seed = "the run" if run["seed"] is None else f"seed {run['seed']}"
+                lines.append(
+                    f"|  | {seed}: predicts {run['label']} for all {entry['eval_examples']}"
+                    " examples |" + " |" * (len(metric_names) + 4)
+                )
             if entry["status"] == "partial":
                 seeds = ", ".join(map(str, entry["missing_seeds"]))
                 lines.append(

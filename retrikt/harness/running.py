@@ -43,17 +43,22 @@ def result_path(units: Path, spec: dict[str, Any]) -> Path:
 
 
 def measure(task: Task, fitted: Fitted, examples: list[Example], latency_n: int) -> dict:
-    """Official metrics on ``examples`` and per-example latency at batch 1 (p50/p95, ms)."""
+    """Official metrics on ``examples``, how often each class was predicted (a score near the
+    majority class's is then told apart from a collapse onto it), and per-example latency at
+    batch 1 (p50/p95, ms)."""
     started = time.perf_counter()
     probs = fitted.predict(examples)
     eval_seconds = time.perf_counter() - started
-    metrics = task.evaluate(task.predictions(probs), examples)
+    preds = task.predictions(probs)
+    metrics = task.evaluate(preds, examples)
     times = batch1_times_ms(fitted.predict, examples[: max(latency_n, 0)])
+    predicted = {} if task.is_regression else {"predicted_labels": task.label_counts(preds)}
     return {
         "metrics": metrics,
         "score": float(np.mean(list(metrics.values()))),
         "eval_examples": len(examples),
         "eval_seconds": round(eval_seconds, 2),
+        **predicted,
         **percentiles_ms(times),
     }
 
