@@ -9,7 +9,10 @@ A unit is made in a staging folder ``<folder>.tmp<pid>`` and renamed into place 
 marker (``done.json``, holding what the maker returned) is written in it, so a folder that
 exists is always complete. Staging folders left by dead processes are swept before a unit
 is made. Under several processes (``torchrun``, ``accelerate launch``) only rank 0 makes a
-unit; the others wait for its marker, for at most ``timeout`` seconds.
+unit; the others wait for its marker, for at most ``timeout`` seconds. Independent runs that
+share a cache (two experiment processes, each its own rank 0) take a file lock per unit, so
+one makes it while the other waits and then reuses it: without the lock both would make it
+and the second would replace the folder the first is already using.
 
 Example::
 
@@ -25,15 +28,20 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import filelock
 
 from retrikt.errors import RetriktError
 
 logger = logging.getLogger(__name__)
 
 DONE = "done.json"
+#: The hidden folder, beside the units of one kind, that holds their lock files.
+LOCKS = ".locks"
 #: How long other ranks wait for rank 0 by default (a unit can be hours of CPU).
 DEFAULT_TIMEOUT = 24 * 3600.0
 DEFAULT_POLL = 10.0
@@ -101,15 +109,42 @@ def publish(
         logger.info("waiting for process 0 to finish %s", folder)
         wait_until(done.is_file, str(folder), timeout, poll)
         return json.loads(done.read_text())
-    remove_abandoned_staging(folder)
-    staging = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
-    staging.mkdir(parents=True)
-    info = {**(make(staging) or {}), "finished": time.time()}
-    write_json_atomic(staging / DONE, info)
-    if folder.exists():  # left incomplete by an older run (no marker)
-        shutil.rmtree(folder)
-    os.replace(staging, folder)
+    with unit_lock(folder, timeout):
+        if done.is_file():  # made by another run while this one waited for the lock
+            logger.info("reusing %s, made by another process", folder)
+            return json.loads(done.read_text())
+        remove_abandoned_staging(folder)
+        staging = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+        staging.mkdir(parents=True)
+        info = {**(make(staging) or {}), "finished": time.time()}
+        write_json_atomic(staging / DONE, info)
+        if folder.exists():  # left incomplete by an older run (no marker)
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
     return info
+
+
+@contextmanager
+def unit_lock(folder: Path, timeout: float) -> Iterator[None]:
+    """Hold ``.locks/<name>.lock`` beside ``folder`` while its unit is made. An OS file lock
+    (``filelock``), so a killed holder releases it; a waiter gives up after ``timeout`` s."""
+    path = folder.parent / LOCKS / f"{folder.name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        logger.info("waiting for another process that is making %s", folder)
+        try:
+            lock.acquire(timeout=timeout)
+        except filelock.Timeout as err:
+            raise WaitTimeout(
+                f"gave up after {timeout:.0f} s waiting for another process to make {folder}"
+            ) from err
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def remove_abandoned_staging(folder: Path) -> None:

@@ -174,7 +174,8 @@ def test_a_stage_removes_staging_folders_of_dead_runs_and_keeps_live_ones(tmp_pa
     made = _cached_stage(folder, 0, lambda staging: (staging / "prompt.txt").write_text("x"))
     assert (made / "prompt.txt").read_text() == "x"
     assert not abandoned.exists() and live.exists()
-    assert sorted(p.name for p in folder.parent.iterdir()) == sorted([folder.name, live.name])
+    left = sorted(p.name for p in folder.parent.iterdir())
+    assert left == sorted([".locks", folder.name, live.name])
 
 
 def test_flags_reach_the_nested_configs():

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from retrikt.cache import DONE, ArtefactCache, WaitTimeout, key, publish
+from retrikt.cache import DONE, ArtefactCache, WaitTimeout, key, publish, unit_lock
 
 
 def _dead_pid() -> int:
@@ -38,7 +38,8 @@ def test_a_unit_is_made_once_published_whole_and_then_reused(tmp_path):
     assert info["seconds"] == 1.5
     assert json.loads((tmp_path / "unit" / DONE).read_text())["seconds"] == 1.5
     assert (tmp_path / "unit" / "weights.bin").read_bytes() == b"w"
-    assert [p.name for p in tmp_path.iterdir()] == ["unit"]  # no staging folder left
+    # No staging folder left; the units' lock files are kept apart in .locks.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".locks", "unit"]
     assert publish(tmp_path / "unit", make)["seconds"] == 1.5 and len(calls) == 1
 
 
@@ -52,7 +53,7 @@ def test_a_failed_make_publishes_nothing_and_the_next_run_sweeps_it(tmp_path):
     dead = tmp_path / f"unit.tmp{_dead_pid()}"  # left by a run that died
     dead.mkdir()
     publish(tmp_path / "unit", lambda staging: None)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["unit"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".locks", "unit"]
 
 
 def test_an_incomplete_folder_from_an_older_run_is_replaced(tmp_path):
@@ -97,3 +98,49 @@ def test_a_units_resume_folder_is_beside_it_and_survives_the_sweep_of_dead_stagi
         "models", "s0", spec, lambda staging: seen.append((resume / "checkpoint.pt").read_text())
     )
     assert seen == ["epoch 1"] and not dead.exists()
+
+
+def test_two_runs_sharing_a_cache_make_a_unit_once(tmp_path):
+    """A second, independent run (rank 0 of its own) waits for the first and reuses its unit
+    instead of making it again and replacing the folder the first one is using."""
+    started, finish = threading.Event(), threading.Event()
+    calls = []
+
+    def slow(staging):
+        calls.append("first")
+        started.set()
+        finish.wait(10)
+        return {"by": "first"}
+
+    first = ThreadWithResult(publish, tmp_path / "unit", slow)
+    first.start()
+    assert started.wait(10)
+    second = ThreadWithResult(publish, tmp_path / "unit", lambda s: calls.append("second"))
+    second.start()
+    time.sleep(0.3)  # the second run is now waiting for the lock
+    assert calls == ["first"]
+    finish.set()
+    first.join(), second.join()
+    assert first.result["by"] == second.result["by"] == "first" and calls == ["first"]
+
+    # A run that cannot get the lock in time says so instead of making the unit.
+    with unit_lock(tmp_path / "other", timeout=1):
+        waiter = ThreadWithResult(publish, tmp_path / "other", lambda s: None, timeout=0.2)
+        waiter.start()
+        waiter.join()
+    assert isinstance(waiter.error, WaitTimeout) and not (tmp_path / "other").exists()
+
+
+class ThreadWithResult(threading.Thread):
+    """A thread that keeps what its target returned, or the exception it raised."""
+
+    def __init__(self, target, *args, **kwargs):
+        super().__init__()
+        self.call = lambda: target(*args, **kwargs)
+        self.result, self.error = None, None
+
+    def run(self):
+        try:
+            self.result = self.call()
+        except Exception as err:  # handed to the test thread
+            self.error = err
