@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -112,35 +113,17 @@ def test_two_runs_sharing_a_cache_make_a_unit_once(tmp_path):
         finish.wait(10)
         return {"by": "first"}
 
-    first = ThreadWithResult(publish, tmp_path / "unit", slow)
-    first.start()
-    assert started.wait(10)
-    second = ThreadWithResult(publish, tmp_path / "unit", lambda s: calls.append("second"))
-    second.start()
-    time.sleep(0.3)  # the second run is now waiting for the lock
-    assert calls == ["first"]
-    finish.set()
-    first.join(), second.join()
-    assert first.result["by"] == second.result["by"] == "first" and calls == ["first"]
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(publish, tmp_path / "unit", slow)
+        assert started.wait(10)
+        second = pool.submit(publish, tmp_path / "unit", lambda s: calls.append("second"))
+        time.sleep(0.3)  # the second run is now waiting for the lock
+        assert calls == ["first"]
+        finish.set()
+        assert first.result()["by"] == second.result()["by"] == "first" and calls == ["first"]
 
-    # A run that cannot get the lock in time says so instead of making the unit.
-    with unit_lock(tmp_path / "other", timeout=1):
-        waiter = ThreadWithResult(publish, tmp_path / "other", lambda s: None, timeout=0.2)
-        waiter.start()
-        waiter.join()
-    assert isinstance(waiter.error, WaitTimeout) and not (tmp_path / "other").exists()
-
-
-class ThreadWithResult(threading.Thread):
-    """A thread that keeps what its target returned, or the exception it raised."""
-
-    def __init__(self, target, *args, **kwargs):
-        super().__init__()
-        self.call = lambda: target(*args, **kwargs)
-        self.result, self.error = None, None
-
-    def run(self):
-        try:
-            self.result = self.call()
-        except Exception as err:  # handed to the test thread
-            self.error = err
+        # A run that cannot get the lock in time says so instead of making the unit.
+        with unit_lock(tmp_path / "other", timeout=1):
+            waiter = pool.submit(publish, tmp_path / "other", lambda s: None, timeout=0.2)
+            assert isinstance(waiter.exception(10), WaitTimeout)
+        assert not (tmp_path / "other").exists()
