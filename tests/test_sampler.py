@@ -12,6 +12,7 @@ import json
 import pytest
 import torch
 
+from retrikt.generator.lm import load_base
 from retrikt.generator.ppo import PPOTrainer, RLConfig
 from retrikt.generator.sampler import (
     Sampler,
@@ -19,6 +20,7 @@ from retrikt.generator.sampler import (
     greedy_config,
     greedy_without_cache,
     sampling_logprobs,
+    shared_head_layout,
     split_policy,
 )
 from retrikt.generator.templates import END, generation_prompt
@@ -41,14 +43,8 @@ def one_thread():
 def policy():
     """SmolLM2-135M in fp32 with an 8-token soft prompt drawn from its vocabulary."""
     from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from retrikt.models import GENERATOR, resolve_model
-
-    path = resolve_model("smollm2-135m", GENERATOR).path
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    base, tokenizer = load_base("smollm2-135m", dtype=torch.float32)
     torch.manual_seed(0)
     config = PromptTuningConfig(
         task_type=TaskType.CAUSAL_LM,
@@ -69,6 +65,61 @@ def test_cached_soft_prompted_generation_equals_a_full_recompute(policy):
         cached.completion_ids
     )
     assert cached.lengths == [NEW_TOKENS, NEW_TOKENS]
+
+
+#: Prompts that share a long head (an instruction and a demo) and differ after it, in length too.
+HEADED = [
+    "Say why the answer holds.\n\nSentence: The cat sat.\nAnswer: acceptable\nWhy: it has a "
+    f"subject and a verb.\n{END}\n\nSentence: {tail}\nAnswer: acceptable\nWhy:"
+    for tail in ("Dogs bark.", "The old man who lived by the sea walked home slowly.", "Go.")
+]
+
+
+def test_a_shared_head_is_laid_out_once_and_pads_follow_it(policy):
+    _, tokenizer = policy
+    ids, mask, head = shared_head_layout(tokenizer, HEADED, pad_id=0)
+    rows = tokenizer(HEADED).input_ids
+    common = next(i for i, t in enumerate(zip(*rows, strict=False)) if len(set(t)) > 1)
+    assert head == common > 20
+    for i, row in enumerate(rows):
+        assert ids[i][mask[i].bool()].tolist() == row  # every token kept, in order
+        assert mask[i, :head].all() and mask[i, -(len(row) - head) :].all()
+        assert mask[i].sum() == len(row)
+    # Prompts with nothing in common are plain left padding.
+    other = ["Dogs bark.", "A much longer prompt about the sea."]
+    ids, mask, head = shared_head_layout(tokenizer, other, pad_id=tokenizer.pad_token_id)
+    enc = tokenizer(other, return_tensors="pt", padding=True, padding_side="left")
+    assert head == 0
+    assert torch.equal(ids, enc.input_ids) and torch.equal(mask, enc.attention_mask)
+
+
+@pytest.mark.parametrize("soft_prompt", [True, False], ids=["soft-prompted", "bare"])
+def test_a_cached_shared_head_equals_a_full_recompute(policy, soft_prompt):
+    """The head's KV cache, computed on one row and repeated, with each row padded after it,
+    gives the tokens of a left-padded recompute of the whole sequence at every step."""
+    model = policy[0] if soft_prompt else split_policy(policy[0])[0]
+    tokenizer = policy[1]
+    cached = Sampler(model, tokenizer, greedy_config(NEW_TOKENS)).sample(HEADED, [1, 2, 3])
+    reference = greedy_without_cache(model, tokenizer, HEADED, NEW_TOKENS)
+    assert torch.equal(cached.completion_ids, reference), tokenizer.batch_decode(
+        cached.completion_ids
+    )
+
+
+def test_the_vocabulary_projection_gets_a_contiguous_input(policy):
+    """``logits_to_keep`` slices the hidden states; handed on as a strided view, torch's
+    ``F.linear`` copies the whole weight for every row (140x slower, see lm.py)."""
+    base, _ = split_policy(policy[0])
+    seen = []
+    hook = base.get_output_embeddings().register_forward_pre_hook(
+        lambda _, args: seen.append(args[0].is_contiguous())
+    )
+    try:
+        with torch.no_grad():
+            base(input_ids=torch.ones((2, 5), dtype=torch.long), logits_to_keep=1)
+    finally:
+        hook.remove()
+    assert seen == [True]
 
 
 def test_a_bare_model_samples_through_the_same_path(policy):

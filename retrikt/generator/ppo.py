@@ -74,7 +74,7 @@ class ValueHead(nn.Module):
 class Rollout:
     """One batch of sampled completions with everything an update needs, all (B, T)."""
 
-    prompt_ids: torch.Tensor  # (B, P), left-padded
+    prompt_ids: torch.Tensor  # (B, P), the sampler's layout (pads after the shared head)
     prompt_mask: torch.Tensor  # (B, P)
     completions: torch.Tensor
     mask: torch.Tensor  # 1 on completion tokens up to and including the stop token

@@ -6,10 +6,14 @@ then sees no cache and re-injects the soft prompt in front of the whole sequence
 step: the output is garbage and the cost quadratic, with no error. Here peft only trains and
 saves the prompt; sampling calls the *base* model's ``generate`` with
 
-* ``inputs_embeds`` = ``[virtual tokens][left-padded prompt text]`` (peft's own layout, so
-  sampling sees exactly what prompt tuning trained on),
-* the matching attention mask (generate derives position ids from it, so left padding is
-  neutral), and the KV cache,
+* ``inputs_embeds`` = ``[virtual tokens][prompt text]`` (peft's own layout, so sampling sees
+  exactly what prompt tuning trained on), each row's text padded *after* the head every
+  prompt of the batch shares (:func:`shared_head_layout`),
+* the matching attention mask (generate derives position ids from it, so the pads are
+  neutral wherever they sit), and a KV cache already holding the shared head, computed once
+  for the batch (:meth:`Sampler.head_cache`): rationale prompts repeat one instruction and two
+  explained demos, most of every prompt, and batched generation would otherwise prefill it
+  once a row,
 * a fresh ``GenerationConfig``, so a model's own defaults (repetition penalty, top-k ...)
   never change the distribution,
 * temperature and top-p as transformers' logits warpers, then :class:`RowSeededSampler`,
@@ -58,6 +62,32 @@ def prompt_inputs(
     virtual = prompt.to(tokens.dtype).unsqueeze(0).expand(len(input_ids), -1, -1)
     full_mask = torch.cat([attention_mask.new_ones(virtual.shape[:2]), attention_mask], dim=1)
     return torch.cat([virtual, tokens], dim=1), full_mask
+
+
+def shared_head_layout(
+    tokenizer: Any, prompts: Sequence[str], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Token ids ``(B, L)`` laid out ``[shared head][pads][rest of the prompt]``, their
+    attention mask, and the head's length.
+
+    The head is the longest run of leading tokens every prompt has (at least one token of
+    each prompt is left out of it, so every row has its own last position). Pads sit after
+    it rather than before it so that one KV cache of the head serves every row; masked, they
+    change nothing. With no shared head this is plain left padding.
+    """
+    rows = tokenizer(list(prompts)).input_ids
+    head = 0
+    limit = min(len(row) for row in rows) - 1
+    while head < limit and all(row[head] == rows[0][head] for row in rows):
+        head += 1
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, :head], mask[i, :head] = torch.tensor(row[:head]), 1
+        tail = row[head:]
+        ids[i, width - len(tail) :], mask[i, width - len(tail) :] = torch.tensor(tail), 1
+    return ids, mask, head
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:
@@ -119,7 +149,7 @@ def stop_token_ids(tokenizer: Any) -> list[int]:
 class Samples:
     """One sampled batch; ``(B, P)`` prompt tensors, ``(B, T)`` completion tensors."""
 
-    prompt_ids: torch.Tensor  # left-padded
+    prompt_ids: torch.Tensor  # padded after the shared head (:func:`shared_head_layout`)
     prompt_mask: torch.Tensor
     completion_ids: torch.Tensor  # pad after the stop token
     completion_mask: torch.Tensor  # 1 up to and including the stop token
@@ -155,8 +185,9 @@ class Sampler:
         from transformers import GenerationConfig, LogitsProcessorList
 
         cfg = self.config
-        enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
-        embeds, mask = prompt_inputs(self.base, self.prompt, enc.input_ids, enc.attention_mask)
+        ids, text_mask, head = shared_head_layout(self.tokenizer, prompts, self.pad_id)
+        embeds, mask = prompt_inputs(self.base, self.prompt, ids, text_mask)
+        head += mask.shape[1] - ids.shape[1]  # the virtual tokens are shared too
         sampler = RowSeededSampler(seeds)
         generation = GenerationConfig(
             max_new_tokens=cfg.max_new_tokens,
@@ -167,8 +198,9 @@ class Sampler:
             use_cache=True,
         )
         new = self.base.generate(
-            inputs_embeds=embeds,
+            inputs_embeds=embeds,  # generate feeds only what the cache does not hold yet
             attention_mask=mask,
+            past_key_values=self.head_cache(embeds, mask, head),
             generation_config=generation,
             logits_processor=LogitsProcessorList([*_warpers(cfg), sampler]),
         )  # only the new tokens: generate() was given embeddings, not ids
@@ -184,14 +216,32 @@ class Sampler:
             texts.append(text)
             lengths.append(length)
         return Samples(
-            enc.input_ids,
-            enc.attention_mask,
+            ids,
+            text_mask,
             new,
             completion_mask,
             logprobs * completion_mask,
             texts,
             lengths,
         )
+
+    def head_cache(self, embeds: torch.Tensor, mask: torch.Tensor, head: int) -> Any:
+        """A KV cache of the first ``head`` positions, computed on one row and repeated for
+        every row (they are equal there), or None when there is nothing to share."""
+        if head == 0 or len(embeds) == 1:
+            return None
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.base.config)
+        self.base(
+            inputs_embeds=embeds[:1, :head],
+            attention_mask=mask[:1, :head],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,  # the vocabulary projection of the head is never used
+        )
+        cache.batch_repeat_interleave(len(embeds))
+        return cache
 
 
 @torch.no_grad()
