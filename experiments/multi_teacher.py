@@ -348,9 +348,10 @@ def write_report(results: dict[str, Any], args: argparse.Namespace) -> None:
                     spent = f"{minutes}, resumed rows not told apart"
                 else:
                     spent = f"generated {new} in {minutes} ({new / r['seconds']:.1f} tok/s)"
+                distinct = f" ({r['distinct']} distinct)" if "distinct" in r else ""
                 lines.append(
                     f"- {store['name']}: {r['written']} of {r['entries']} written by "
-                    f"{r['model']}, {r['tokens']} tokens; the build {spent}"
+                    f"{r['model']}{distinct}, {r['tokens']} tokens; the build {spent}"
                 )
             example = next((s for s in seen.values() if s["rationale_examples"]), None)
             if example:

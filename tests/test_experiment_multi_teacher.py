@@ -119,10 +119,13 @@ def test_the_rationale_speed_counts_only_the_tokens_the_build_generated(multi_te
         return {"store": store, "train": {}, "seeds": {"0": _student(0.6)}, "command": "c"}
 
     args = type("Args", (), {"results_dir": str(tmp_path)})()
-    resumed = {"single+rationale-loss": rationale_row(generated_tokens=1200)}
+    resumed = {"single+rationale-loss": rationale_row(generated_tokens=1200, distinct=37)}
     multi_teacher.write_report({RTE: {"task": "rte", "variants": resumed}}, args)
     report = (tmp_path / "multi_teacher.md").read_text()
-    assert "100 of 100 written by qwen, 4800 tokens; the build generated 1200 in 10.0 min" in report
+    assert (
+        "100 of 100 written by qwen (37 distinct), 4800 tokens; the build generated 1200 in"
+        " 10.0 min" in report
+    )
     assert "(2.0 tok/s)" in report  # 1200 / 600 s, not 4800 / 600 s
     older = {"single+rationale-loss": rationale_row()}  # recorded before the count existed
     multi_teacher.write_report({RTE: {"task": "rte", "variants": older}}, args)

@@ -158,6 +158,15 @@ def test_rationales_are_generated_in_batches_and_resume_from_the_cache(tmp_path,
     assert [e.rationale for e in resumed] == [e.rationale for e in entries]
 
 
+def test_equal_entries_share_one_rationale_and_count_once_as_distinct(tmp_path, tiny_lm):
+    entries = _entries()
+    twin = _entries()[0]  # the same example with the same label: the same job
+    stats = write_rationales(_config(tmp_path), CB, ["cb"], cb_examples(), [*entries, twin])
+    assert twin.rationale == entries[0].rationale
+    assert stats["written"] == len(entries) + 1
+    assert stats["distinct"] == len(entries)  # the tiny LM's rows differ; the twin's does not
+
+
 def test_a_rationale_model_without_rationales_is_refused():
     with pytest.raises(ConfigError, match=r"rationale_model \(--rationale-model\) 'gpt'"):
         BuildConfig(task="cb", out="s", rl="none", rationale_model="gpt")

@@ -164,9 +164,10 @@ def write_rationales(
 ) -> dict[str, Any]:
     """Set ``rationale`` on every entry (in place), generating what the cache lacks.
 
-    Returns what it holds and cost: entries, how many got a rationale, their tokens, and
-    the tokens this run generated in its seconds (cached rows cost neither, so the ratio
-    of those two is the run's speed).
+    Returns what it holds and cost: entries, how many got a rationale and how many of those
+    differ (a writer that only restates the label in a template gives few distinct ones),
+    their tokens, and the tokens this run generated in its seconds (cached rows cost neither,
+    so the ratio of those two is the run's speed).
     """
     from retrikt.generator.lm import load_policy
     from retrikt.generator.sampler import Sampler
@@ -210,18 +211,20 @@ def write_rationales(
     tokens = sum(int(written[job_id]["tokens"]) for job_id in jobs)
     for entry, job_id in zip(entries, entry_jobs, strict=True):
         entry.rationale = clean_rationale(written[job_id]["text"])
+    rationales = [e.rationale for e in entries if e.rationale is not None]
     stats = {
         "model": config.rationale_llm,
         "entries": len(entries),
-        "written": sum(e.rationale is not None for e in entries),
+        "written": len(rationales),
+        "distinct": len(set(rationales)),
         "tokens": tokens,
         "generated_tokens": generated,
         "seconds": round(time.perf_counter() - started, 1),
         "demos": [{"fields": _demo_fields(d), "rationale": d.rationale} for d in demos],
     }
     logger.info(
-        "rationales: %d of %d written, %d tokens; this run generated %d in %.0f s",
-        stats["written"], len(entries), tokens, generated, stats["seconds"],
+        "rationales: %d of %d written (%d distinct), %d tokens; this run generated %d in %.0f s",
+        stats["written"], len(entries), stats["distinct"], tokens, generated, stats["seconds"],
     )  # fmt: skip
     return stats
 
