@@ -3,7 +3,10 @@ the one sampler, the store, predict's explanations, and rationales as a training
 
 from __future__ import annotations
 
+import functools
 import json
+import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ from test_student import TINY, cb_examples
 
 import retrikt.generator.build as build
 import retrikt.generator.lm as lm
+from retrikt import cache
 from retrikt.cli import main
 from retrikt.errors import ConfigError
 from retrikt.generator.configs import TRAIN_SOURCE, BuildConfig, SamplingConfig
@@ -182,6 +186,38 @@ def test_build_store_with_rationales_keeps_them_in_the_store(tmp_path, tiny_lm, 
     assert entries and all(e.rationale for e in entries)
     stats = store.manifest["generator"]["stats"]["rationales"]
     assert stats["written"] == len(entries) and len(stats["demos"]) == 2
+
+
+def test_a_sharded_build_splits_the_rationales_and_stores_what_one_process_would(
+    tmp_path, tiny_lm, monkeypatch
+):
+    """Two ranks (threads standing in for ``accelerate launch`` processes): rank 1 writes
+    its share of the jobs rank 0 publishes, and the store is the single-process one."""
+    _stub_stages(monkeypatch, [])
+    rank1 = "rank-1"
+    monkeypatch.setattr(
+        build, "shard_info", lambda: (1, 2) if threading.current_thread().name == rank1 else (0, 2)
+    )
+    monkeypatch.setattr(cache, "wait_until", functools.partial(cache.wait_until, poll=0.05,
+                                                              timeout=120))  # fmt: skip
+    sharded = replace(_config(tmp_path / "sharded"), store_examples="train")
+    helper = threading.Thread(target=build.build_store, args=(sharded,), name=rank1)
+    helper.start()
+    store = KnowledgeStore.open(build.build_store(sharded))
+    helper.join()
+    (work,) = (tmp_path / "sharded" / "cache" / "rationales").iterdir()
+    shares = [
+        {json.loads(line)["id"] for line in (work / f"generations.rank{r}.jsonl").open()}
+        for r in (0, 1)
+    ]
+    assert len(shares[1]) == len(store) // 2 and not shares[0] & shares[1]
+    assert len(list(work.glob("plan-*.json"))) == 1
+    monkeypatch.setattr(build, "shard_info", lambda: (0, 1))
+    alone = KnowledgeStore.open(
+        build.build_store(replace(_config(tmp_path / "alone"), store_examples="train"))
+    )
+    assert [e.rationale for e in store.entries()] == [e.rationale for e in alone.entries()]
+    assert all(e.rationale for e in store.entries())
 
 
 # ----------------------------------------------------------------------- predict

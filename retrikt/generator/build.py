@@ -504,11 +504,18 @@ def training_entries(
     return entries, np.asarray(embeddings, dtype=np.float32)
 
 
+def rationale_plan(config: BuildConfig, teacher_id: str) -> str:
+    """Key of the rationale jobs of a sharded build: the build settings and the teachers'
+    weights decide the entries (generations are cached under the same things)."""
+    return cache.key([config.key_dict(), teacher_id])
+
+
 def build_store(config: BuildConfig) -> Path:
     """Run every stage (reusing cached ones) and write the store at ``config.out``.
 
-    Under several processes each one generates its shard; process 0 alone trains the
-    prompts, merges the shards and writes the store. Returns the store folder.
+    Under several processes each one generates its shard of the examples and of the
+    rationales; process 0 alone trains the prompts, merges the shards and writes the store.
+    Returns the store folder.
     """
     from retrikt.encoder import Encoder
     from retrikt.store import MANIFEST_NAME, KnowledgeStore
@@ -548,6 +555,12 @@ def build_store(config: BuildConfig) -> Path:
     else:
         logger.info("[2-4/5] generation: skipped (--store-examples train)")
     if rank != 0:
+        if config.rationales:  # rank 0 decides the entries; this rank writes a share
+            from retrikt.generator.rationales import share_rationales
+
+            plan = rationale_plan(config, teacher.id)
+            share_rationales(config, task, task_key(task), data.train, plan=plan, rank=rank,
+                             world=world)  # fmt: skip
         return out
     logger.info("[5/5] selection: parse, deduplicate, embed with %s, write", config.encoder)
     encoder = Encoder(config.encoder)
@@ -573,7 +586,10 @@ def build_store(config: BuildConfig) -> Path:
         from retrikt.generator.rationales import write_rationales
 
         logger.info("[5/5] rationales for %d entries by %s", len(entries), config.rationale_llm)
-        stats["rationales"] = write_rationales(config, task, task_key(task), data.train, entries)
+        stats["rationales"] = write_rationales(
+            config, task, task_key(task), data.train, entries,
+            plan=rationale_plan(config, teacher.id), world=world,
+        )  # fmt: skip
     logger.info("%s: %s", task.name, stats)
     generator_info = {
         "id": generator_id,

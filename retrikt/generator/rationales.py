@@ -19,22 +19,28 @@ Generation is the store's own: :class:`~retrikt.generator.sampler.Sampler` throu
 every batch checkpointed in ``<cache>/rationales/<task>-<key>`` and skipped on a rerun. A
 job's id is its entry id and label, so stores sharing examples (the same training split
 under other teachers) reuse each other's rationales.
+
+Sharded like example generation: under ``accelerate launch``/``torchrun`` only rank 0 knows
+the store's entries, so it writes the job list (``plan-<key>.json`` in the same folder),
+every rank generates its share of it, and rank 0 waits for all shards.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from retrikt import cache
 from retrikt.generator.configs import TRAIN_SOURCE, BuildConfig, SamplingConfig
 from retrikt.generator.generation import Job, read_generations, run_generation
+from retrikt.generator.sampler import Sampler
 from retrikt.generator.templates import END, field_title, label_value
 from retrikt.tasks import MULTIPLE_CHOICE, Example, Task
 
@@ -159,36 +165,57 @@ def _job_id(entry_id: str, task: Task, label: Any) -> str:
     return f"{entry_id}-L{label_value(task, label)}"
 
 
+def _prepare(
+    config: BuildConfig, task: Task, task_key: list[Any], train: Sequence[Example]
+) -> tuple[Path, Sampler, list[Example]]:
+    """The run's checkpoint folder, its sampler and its in-context examples (any rank)."""
+    from retrikt.generator.lm import load_policy
+
+    demos = pick_demos(task, train, config.seed)
+    policy, tokenizer = load_policy(config.rationale_llm, None)
+    return work_dir(config, task_key, demos), Sampler(policy, tokenizer, sampling(config)), demos
+
+
+def _plan_path(work: Path, plan: str) -> Path:
+    return work / f"plan-{plan}.json"
+
+
 def write_rationales(
-    config: BuildConfig, task: Task, task_key: list[Any], train: Sequence[Example], entries: list
+    config: BuildConfig,
+    task: Task,
+    task_key: list[Any],
+    train: Sequence[Example],
+    entries: list,
+    *,
+    plan: str = "",
+    world: int = 1,
 ) -> dict[str, Any]:
     """Set ``rationale`` on every entry (in place), generating what the cache lacks.
+
+    This is rank 0's part. With ``world`` > 1 it publishes the jobs under ``plan`` (a key of
+    what decides the entries, so a stale list is never read) for :func:`share_rationales` on
+    the other ranks, writes its own share and waits for theirs.
 
     Returns what it holds and cost: entries, how many got a rationale and how many of those
     differ (a writer that only restates the label in a template gives few distinct ones),
     their tokens, and the tokens this run generated in its seconds (cached rows cost neither,
     so the ratio of those two is the run's speed).
     """
-    from retrikt.generator.lm import load_policy
-    from retrikt.generator.sampler import Sampler
     from retrikt.store import entry_id
 
-    demo_examples = pick_demos(task, train, config.seed)
-    work = work_dir(config, task_key, demo_examples)
     started = time.perf_counter()
-    policy, tokenizer = load_policy(config.rationale_llm, None)
-    sampler = Sampler(policy, tokenizer, sampling(config))
+    work, sampler, demo_examples = _prepare(config, task, task_key, train)
     logger.info(
-        "rationales: %s writes %d (<= %d tokens each, batch %d), cached in %s",
+        "rationales: %s writes %d (<= %d tokens each, batch %d, %d process(es)), cached in %s",
         config.rationale_llm, len(entries), config.rationale_tokens,
-        config.sampling.batch_size, work,
+        config.sampling.batch_size, world, work,
     )  # fmt: skip
     demo_jobs = [
         Job(_job_id(_id(ex), task, ex["label"]), ex["label"], i,
             rationale_prompt(task, ex, ex["label"], []))
         for i, ex in enumerate(demo_examples)
     ]  # fmt: skip
-    run_generation(sampler, demo_jobs, work)
+    run_generation(sampler, demo_jobs, work)  # every prompt shows them: written first, here
     written = {r["id"]: r for r in read_generations(work)}
     demos = [
         Demo(ex, ex["label"], clean_rationale(written[job.id]["text"]) or "")
@@ -206,7 +233,14 @@ def write_rationales(
         )
     # Similar lengths in a batch waste less compute on padding; ids fix each row's output.
     ordered = sorted(jobs.values(), key=lambda job: len(job.prompt))
-    generated = run_generation(sampler, ordered, work)
+    if world > 1:
+        cache.write_json_atomic(_plan_path(work, plan), [asdict(job) for job in ordered])
+    generated = run_generation(sampler, ordered, work, world=world)
+
+    def all_written() -> bool:  # the other ranks write their shards in parallel
+        return jobs.keys() <= {r["id"] for r in read_generations(work)}
+
+    cache.wait_until(all_written, f"the other processes' rationale shards in {work}")
     written = {r["id"]: r for r in read_generations(work)}
     tokens = sum(int(written[job_id]["tokens"]) for job_id in jobs)
     for entry, job_id in zip(entries, entry_jobs, strict=True):
@@ -227,6 +261,25 @@ def write_rationales(
         stats["written"], len(entries), stats["distinct"], tokens, generated, stats["seconds"],
     )  # fmt: skip
     return stats
+
+
+def share_rationales(
+    config: BuildConfig,
+    task: Task,
+    task_key: list[Any],
+    train: Sequence[Example],
+    *,
+    plan: str,
+    rank: int,
+    world: int,
+) -> None:
+    """Rank ``rank`` > 0: wait for rank 0's job list under ``plan`` and write this share."""
+    work, sampler, _ = _prepare(config, task, task_key, train)
+    path = _plan_path(work, plan)
+    cache.wait_until(path.is_file, f"rank 0's rationale jobs in {path}")
+    jobs = [Job(**job) for job in json.loads(path.read_text())]
+    logger.info("rationales: rank %d of %d writes its share of %d", rank, world, len(jobs))
+    run_generation(sampler, jobs, work, rank=rank, world=world)
 
 
 def _demo_fields(demo: Demo) -> dict[str, Any]:
