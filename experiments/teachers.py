@@ -258,11 +258,16 @@ def best_flags(results: dict, tasks: list[str]) -> list[str]:
 
 
 def _cpu(precision: str) -> str:
-    """This machine's CPU and the dtype train-teacher runs in on it (times depend on both)."""
+    """This machine's CPU, the dtype train-teacher runs in on it and torch's kernels.
+
+    Times depend on all three, and the weights too: a run gives the same weights again only on
+    the same kernels and dtype (README, "Teachers that know the task").
+    """
     from retrikt.doctor import cpu_features
     from retrikt.teachers.tuning import uses_bf16
 
-    return f"{cpu_features()['model']}, {'bf16' if uses_bf16(precision) else 'fp32'}"
+    cpu = cpu_features()
+    return f"{cpu['model']}, {'bf16' if uses_bf16(precision) else 'fp32'}, {cpu['kernels']}"
 
 
 def main() -> None:

@@ -98,6 +98,9 @@ def cpu_features() -> dict[str, Any]:
         "avx512_bf16": "avx512_bf16" in flags,
         "amx_bf16": "amx_bf16" in flags,
         "bf16_fast": bf16_supported(),
+        # The vector kernels torch dispatches to (ATEN_CPU_CAPABILITY can lower them): fp32
+        # training is bit-reproducible across CPUs only with the same kernels.
+        "kernels": torch.backends.cpu.get_cpu_capability(),
         "llm_dtype": str(compute_dtype()).removeprefix("torch."),
     }
 

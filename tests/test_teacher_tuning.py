@@ -8,7 +8,10 @@ data is a toy CB whose label is the hypothesis's last word, so a working head le
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -155,7 +158,9 @@ def test_precision_fp32_trains_in_fp32_on_any_cpu(tiny_base, toy_data, tmp_path,
         _config(tiny_base, toy_data, tmp_path / "flag", max_steps=2, precision="fp32")
     )
     assert weights_digest(chosen.out) == weights_digest(reference.out)
-    assert json.loads((chosen.out / TEACHER_CONFIG).read_text())["precision"] == "fp32"
+    saved = json.loads((chosen.out / TEACHER_CONFIG).read_text())
+    assert saved["precision"] == "fp32"
+    assert saved["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
 
 
 class Killed(Exception):
@@ -372,3 +377,14 @@ def test_the_harness_scores_a_tuned_teacher_and_keys_stores_by_its_weights(
 
     (row,) = run_harness(replace(config, teachers={}, name="t2"))
     assert row["status"] == "n/a" and "--teacher" in row["reason"]
+
+
+def test_the_recorded_kernels_follow_the_environment():
+    """ATEN_CPU_CAPABILITY lowers torch's kernels, which is how an AVX2 CPU's fp32 teacher is
+    rebuilt bit for bit on an AVX512 one; the machine record must name the lowered kernels."""
+    code = "from retrikt.doctor import cpu_features; print(cpu_features()['kernels'])"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "DEFAULT"

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     cpu = report.cpu
     lines += [
         "cpu:",
-        f"  {cpu['model']}, {cpu['threads']} torch threads",
+        f"  {cpu['model']}, {cpu['threads']} torch threads, {cpu['kernels']} kernels",
         f"  AVX512-BF16 {'yes' if cpu['avx512_bf16'] else 'no'}, "
         f"AMX-BF16 {'yes' if cpu['amx_bf16'] else 'no'}: the LLM runs in {cpu['llm_dtype']}",
     ]

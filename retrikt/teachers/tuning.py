@@ -205,6 +205,8 @@ def _teacher_config(config: TeacherConfig, task: Task) -> dict[str, Any]:
         "precision": None
         if config.tuning == "prompt"
         else ("bf16" if uses_bf16(config.precision) else "fp32"),
+        # fp32 weights come back bit for bit on another CPU only with the same kernels.
+        "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
         "config": config.to_dict(),
         "versions": {
             "retrikt": __version__,
