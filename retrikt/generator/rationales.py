@@ -236,12 +236,11 @@ def write_rationales(
     if world > 1:
         cache.write_json_atomic(_plan_path(work, plan), [asdict(job) for job in ordered])
     generated = run_generation(sampler, ordered, work, world=world)
-    if world > 1:
-
-        def all_written() -> bool:  # the other ranks write their shards in parallel
-            return jobs.keys() <= {r["id"] for r in read_generations(work)}
-
-        cache.wait_until(all_written, f"the other processes' rationale shards in {work}")
+    if world > 1:  # the other ranks write their shards in parallel
+        cache.wait_until(
+            lambda: jobs.keys() <= {r["id"] for r in read_generations(work)},
+            f"the other processes' rationale shards in {work}",
+        )
     written = {r["id"]: r for r in read_generations(work)}
     tokens = sum(int(written[job_id]["tokens"]) for job_id in jobs)
     for entry, job_id in zip(entries, entry_jobs, strict=True):
