@@ -26,7 +26,7 @@ matplotlib.use("Agg")  # files only: no display on a server
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from retrikt.harness.report import format_mean_sd  # noqa: E402
+from retrikt.harness.report import format_mean_sd, mean_sd  # noqa: E402
 
 METHODS = ("student-ft", "student-kd", "retrikt")
 REFERENCES = ("teacher", "llm-prompt")  # whichever the tables have: the model being replaced
@@ -39,6 +39,10 @@ def collect(paths: list[Path]) -> dict[str, list[dict]]:
     for path in paths:
         table = json.loads(path.read_text())
         encoder = table["config"]["encoder"]
+        per_seed: dict[tuple[str, str], dict[int, float]] = {}
+        for run in table["runs"]:
+            if run["status"] == "ok":
+                per_seed.setdefault((run["task"], run["method"]), {})[run["seed"]] = run["score"]
         for row in table["summary"]:
             if row["status"] != "ok" or row["method"] not in METHODS + REFERENCES:
                 continue
@@ -52,6 +56,7 @@ def collect(paths: list[Path]) -> dict[str, list[dict]]:
                     "latency_ms": row["latency_ms_p50"],
                     "params_m": row["params"] / 1e6,
                     "scale": table["scale"]["name"],
+                    "per_seed": per_seed.get((row["task"], row["method"]), {}),
                 }
             )
     return by_task
@@ -67,6 +72,38 @@ def _unique_references(rows: list[dict]) -> list[dict]:
             seen.add(row["method"])
         kept.append(row)
     return kept
+
+
+def paired_gaps(rows: list[dict]) -> list[dict]:
+    """Per student, largest first: ``retrikt`` minus each baseline, seed by seed.
+
+    Paired on the seed (same data order, same initial head), so the spread is that of the
+    difference, smaller than either row's own: the honest test of "RetriKT wins here"."""
+    by_encoder: dict[str, dict[str, dict]] = {}
+    for row in rows:
+        if row["method"] in METHODS:
+            by_encoder.setdefault(row["encoder"], {})[row["method"]] = row
+    with_retrikt = [(e, m) for e, m in by_encoder.items() if "retrikt" in m]
+    gaps = []
+    for encoder, methods in sorted(with_retrikt, key=lambda em: -_size(em[1]["retrikt"])):
+        gap = {"encoder": encoder, "params_m": methods["retrikt"]["params_m"]}
+        for baseline in ("student-ft", "student-kd"):
+            if baseline not in methods:
+                continue
+            ours, theirs = methods["retrikt"]["per_seed"], methods[baseline]["per_seed"]
+            seeds = sorted(set(ours) & set(theirs))
+            if seeds:
+                mean, sd = mean_sd([100 * (ours[s] - theirs[s]) for s in seeds])
+                gap[baseline] = {"mean": mean, "std": sd, "runs": len(seeds)}
+        gaps.append(gap)
+    return gaps
+
+
+def _format_gap(gap: dict | None) -> str:
+    if gap is None:
+        return "—"
+    sign = "+" if gap["mean"] >= 0 else ""
+    return f"{sign}{format_mean_sd(gap['mean'], gap['std'], gap['runs'])} (n={gap['runs']})"
 
 
 def write_markdown(by_task: dict[str, list[dict]], out: Path, command: str) -> None:
@@ -103,6 +140,18 @@ def write_markdown(by_task: dict[str, list[dict]], out: Path, command: str) -> N
             lines.append(
                 f"| {encoder} | {row['method']} | {shown} | "
                 f"{row['latency_ms']:.1f} | {row['params_m']:.1f} | {share} | {speedup} |"
+            )
+        lines += [
+            "",
+            "RetriKT minus each baseline, paired by seed (mean ± sd of the differences):",
+            "",
+            "| student | params (M) | retrikt − student-ft | retrikt − student-kd |",
+            "|---|---:|---:|---:|",
+        ]
+        for gap in paired_gaps(rows):
+            lines.append(
+                f"| {gap['encoder']} | {gap['params_m']:.1f} | "
+                f"{_format_gap(gap.get('student-ft'))} | {_format_gap(gap.get('student-kd'))} |"
             )
         lines.append("")
     out.with_suffix(".md").write_text("\n".join(lines))
