@@ -6,6 +6,7 @@ import configparser
 import hashlib
 import io
 import json
+import logging
 import subprocess
 import sys
 import zipfile
@@ -17,6 +18,7 @@ import pytest
 
 from retrikt import models
 from retrikt.cli import main
+from retrikt.encoder import _DroppedLayersOnly, sentence_transformer
 from retrikt.errors import ModelFileError, ModelNotInstalledError, RetriktError
 from retrikt.models import ENCODER, GENERATOR, PRESETS, ModelFile, resolve_model
 
@@ -134,6 +136,42 @@ def test_minilm_l6_cut_to_two_layers_keeps_the_first_layers():
     with safe_open(Path(resolved.path) / "model.safetensors", "pt") as weights:
         expected = weights.get_tensor(key)
     assert (model.state_dict()[key] == expected).all()
+
+
+def _load_reports(load) -> list[str]:
+    """transformers' load-report warnings emitted while ``load()`` runs."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    hf_logger = logging.getLogger("transformers.modeling_utils")
+    hf_logger.addHandler(handler)
+    try:
+        load()
+    finally:
+        hf_logger.removeHandler(handler)
+    return [r.getMessage() for r in records if "LOAD REPORT" in r.getMessage()]
+
+
+def test_a_cut_encoder_loads_without_reporting_the_layers_it_cut():
+    from transformers import AutoModel
+
+    resolved = resolve_model("minilm-l6:2", ENCODER)
+    # transformers itself reports the four cut layers' weights as unexpected ...
+    direct = _load_reports(lambda: AutoModel.from_pretrained(resolved.path, num_hidden_layers=2))
+    assert direct and "UNEXPECTED" in direct[0]
+    # ... which is the point of NAME:N, so the project's loader keeps it out of the logs
+    assert (
+        _load_reports(lambda: sentence_transformer(resolved.path, 128, {"num_hidden_layers": 2}))
+        == []
+    )
+
+
+def test_a_load_report_that_names_missing_weights_still_goes_through():
+    keep = _DroppedLayersOnly()
+    report = "BertModel LOAD REPORT from: x\n| encoder.layer.9.w | MISSING |"
+    assert keep.filter(logging.LogRecord("t", logging.WARNING, "", 0, report, None, None))
+    cut = "BertModel LOAD REPORT from: x\n| encoder.layer.{2, 3}.w | UNEXPECTED |"
+    assert not keep.filter(logging.LogRecord("t", logging.WARNING, "", 0, cut, None, None))
 
 
 @pytest.mark.parametrize(
