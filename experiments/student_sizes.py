@@ -44,7 +44,8 @@ def collect(paths: list[Path]) -> dict[str, list[dict]]:
             if run["status"] == "ok":
                 per_seed.setdefault((run["task"], run["method"]), {})[run["seed"]] = run["score"]
         for row in table["summary"]:
-            if row["status"] != "ok" or row["method"] not in METHODS + REFERENCES:
+            # "partial": some seeds still to run (units fill in over sessions); shown with n=
+            if row["status"] not in ("ok", "partial") or row["method"] not in METHODS + REFERENCES:
                 continue
             by_task.setdefault(row["task"], []).append(
                 {
@@ -53,6 +54,7 @@ def collect(paths: list[Path]) -> dict[str, list[dict]]:
                     "score": 100 * row["score"]["mean"],
                     "std": 100 * row["score"]["std"],
                     "runs": row["runs"],
+                    "partial": row["status"] == "partial",
                     "latency_ms": row["latency_ms_p50"],
                     "params_m": row["params"] / 1e6,
                     "scale": table["scale"]["name"],
@@ -137,6 +139,8 @@ def write_markdown(by_task: dict[str, list[dict]], out: Path, command: str) -> N
                 share = f"{100 * row['score'] / teacher['score']:.0f}%"
                 speedup = f"{teacher['latency_ms'] / row['latency_ms']:.0f}x"
             shown = format_mean_sd(row["score"], row["std"], row["runs"])
+            if row["partial"]:
+                shown += f" (n={row['runs']})"
             lines.append(
                 f"| {encoder} | {row['method']} | {shown} | "
                 f"{row['latency_ms']:.1f} | {row['params_m']:.1f} | {share} | {speedup} |"
