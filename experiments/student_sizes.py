@@ -79,8 +79,9 @@ def _unique_references(rows: list[dict]) -> list[dict]:
 def paired_gaps(rows: list[dict]) -> list[dict]:
     """Per student, largest first: ``retrikt`` minus each baseline, seed by seed.
 
-    Paired on the seed (same data order, same initial head), so the spread is that of the
-    difference, smaller than either row's own: the honest test of "RetriKT wins here"."""
+    Differences are taken within a seed, then averaged, so the spread shown is that of the
+    difference itself rather than the two rows' spreads side by side: the test of "RetriKT
+    wins here". Only seeds both methods ran count (n says how many)."""
     by_encoder: dict[str, dict[str, dict]] = {}
     for row in rows:
         if row["method"] in METHODS:
