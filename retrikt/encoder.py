@@ -15,13 +15,12 @@ for the places that need one readable string (store texts, SetFit's inputs).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from retrikt.models import ENCODER, default_model, resolve_model
+from retrikt.models import ENCODER, default_model, loading_cut_model, resolve_model
 from retrikt.tasks import EncoderInput
 
 if TYPE_CHECKING:
@@ -39,44 +38,12 @@ def sentence_transformer(
     """The sentence-transformers model at ``path`` (a plain HF folder gets mean pooling)."""
     from sentence_transformers import SentenceTransformer
 
-    layers = (config_overrides or {}).get("num_hidden_layers")
-    with _expected_layer_drop(path, layers):
+    with loading_cut_model(path, config_overrides):
         model = SentenceTransformer(
             path, device="cpu", config_kwargs=config_overrides or None, local_files_only=local
         )
     model.max_seq_length = max_length
     return model
-
-
-class _DroppedLayersOnly(logging.Filter):
-    """Drop transformers' load report when its only finding is the layers we chose to cut.
-
-    ``NAME:N`` loads an N-layer model from a deeper checkpoint, so the deeper layers' weights
-    are unexpected by design; transformers would print them as a 20-line warning table on
-    every load. A report that also names missing or mismatched weights still goes through."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "LOAD REPORT" not in message:
-            return True
-        return any(flag in message for flag in ("MISSING", "MISMATCH", "CONVERSION"))
-
-
-@contextmanager
-def _expected_layer_drop(path: str, layers: int | None) -> Iterator[None]:
-    if layers is None:
-        yield
-        return
-    hf_logger = logging.getLogger("transformers.modeling_utils")
-    quiet = _DroppedLayersOnly()
-    hf_logger.addFilter(quiet)
-    try:
-        yield
-    finally:
-        hf_logger.removeFilter(quiet)
-    logger.info(
-        "%s: kept its first %d layer(s); the deeper layers' weights are unused", path, layers
-    )
 
 
 def as_model_input(item: str | EncoderInput) -> str | tuple[str, str]:

@@ -23,7 +23,8 @@ import re
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,6 +261,39 @@ def _check_layers(folder: Path, layers: int, name: str) -> None:
     available = config.get("num_hidden_layers")
     if available is not None and layers > available:
         raise RetriktError(f"{name}: the model has only {available} layers")
+
+
+class _DroppedLayersOnly(logging.Filter):
+    """Drop transformers' load report when its only finding is the layers we chose to cut.
+
+    ``NAME:N`` loads an N-layer model from a deeper checkpoint, so the deeper layers' weights
+    are unexpected by design; transformers would print them as a 20-line warning table on
+    every load. A report that also names missing or mismatched weights still goes through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" not in message:
+            return True
+        return any(flag in message for flag in ("MISSING", "MISMATCH", "CONVERSION"))
+
+
+@contextmanager
+def loading_cut_model(path: str, config_overrides: dict[str, Any] | None) -> Iterator[None]:
+    """Wrap a ``from_pretrained`` of a resolved model: a ``NAME:N`` cut loads without noise."""
+    layers = (config_overrides or {}).get("num_hidden_layers")
+    if layers is None:
+        yield
+        return
+    hf_logger = logging.getLogger("transformers.modeling_utils")
+    quiet = _DroppedLayersOnly()
+    hf_logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        hf_logger.removeFilter(quiet)
+    logger.info(
+        "%s: kept its first %d layer(s); the deeper layers' weights are unused", path, layers
+    )
 
 
 def locate(part: ModelFile) -> Path:

@@ -18,9 +18,16 @@ import pytest
 
 from retrikt import models
 from retrikt.cli import main
-from retrikt.encoder import _DroppedLayersOnly, sentence_transformer
+from retrikt.encoder import sentence_transformer
 from retrikt.errors import ModelFileError, ModelNotInstalledError, RetriktError
-from retrikt.models import ENCODER, GENERATOR, PRESETS, ModelFile, resolve_model
+from retrikt.models import (
+    ENCODER,
+    GENERATOR,
+    PRESETS,
+    ModelFile,
+    _DroppedLayersOnly,
+    resolve_model,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 MINILM = PRESETS["minilm-l6"]

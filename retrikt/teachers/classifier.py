@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from retrikt.errors import RetriktError
-from retrikt.models import resolve_model
+from retrikt.models import loading_cut_model, resolve_model
 from retrikt.tasks import MULTIPLE_CHOICE, Example, Task
 
 logger = logging.getLogger(__name__)
@@ -54,13 +54,14 @@ def load_classifier(
         if task.task_type != MULTIPLE_CHOICE and task.label_names:
             head["id2label"] = dict(enumerate(task.label_names))
             head["label2id"] = {name: i for i, name in enumerate(task.label_names)}
-    model = AutoModelForSequenceClassification.from_pretrained(
-        resolved.path,
-        dtype=dtype,
-        local_files_only=offline,
-        **resolved.config_overrides,
-        **head,
-    )
+    with loading_cut_model(resolved.path, resolved.config_overrides):
+        model = AutoModelForSequenceClassification.from_pretrained(
+            resolved.path,
+            dtype=dtype,
+            local_files_only=offline,
+            **resolved.config_overrides,
+            **head,
+        )
     model.config.pad_token_id = tokenizer.pad_token_id  # batches of >1 need it to find the end
     if task is not None and task.is_regression:
         model.config.problem_type = "regression"
