@@ -9,6 +9,8 @@ import pytest
 from test_store import data_file, fake_embed, make_entries, new_store
 
 from retrikt.cli import main
+from retrikt.encoder import Encoder
+from retrikt.errors import ModelNotInstalledError
 from retrikt.store import KnowledgeStore, StoreEntry
 
 
@@ -95,11 +97,8 @@ def test_reindex_needs_a_target(store_path):
 
 
 def test_reindex_with_the_real_encoder(tmp_path, capsys):
-    encoder_module = pytest.importorskip("retrikt.encoder")
-    from retrikt.errors import ModelNotInstalledError
-
     try:
-        encoder = encoder_module.Encoder("minilm-l6")
+        encoder = Encoder("minilm-l6")
     except ModelNotInstalledError as err:
         pytest.skip(f"minilm-l6 encoder not installed: {err}")
     new_store(tmp_path / "s", n=12)

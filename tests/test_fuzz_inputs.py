@@ -91,7 +91,9 @@ def test_tsv_reader_answers_every_file_with_examples_or_a_data_error(task, rows,
 @given(lines=st.lists(st.one_of(json_values.map(json.dumps), st.text(max_size=30)), max_size=6))
 def test_predict_lines_are_examples_or_data_errors(lines):
     for task in (get_task("cb"), get_task("copa"), get_task("cola")):
-        for number, item in _parse_lines(iter(lines), "stdin", task):
+        parsed = list(_parse_lines(iter(lines), "stdin", task))
+        assert [n for n, _ in parsed] == [n for n, line in enumerate(lines, 1) if line.strip()]
+        for number, item in parsed:
             assert isinstance(number, int)
             if isinstance(item, DataError):
                 assert str(item).startswith(f"stdin:{number}: ")

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pytest
 
 from retrikt import models
@@ -344,7 +345,6 @@ def test_minilm_l3_loads_as_a_three_layer_sentence_encoder(minilm_l3_path):
 
 
 def test_minilm_l3_matches_onnxruntime(minilm_l3_path):
-    onnxruntime = pytest.importorskip("onnxruntime")
     from sentence_transformers import SentenceTransformer
 
     encoder = SentenceTransformer(minilm_l3_path, device="cpu", local_files_only=True)

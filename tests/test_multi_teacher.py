@@ -13,7 +13,7 @@ from test_build_store import BagOfWords
 
 import retrikt.generator.build as build
 from retrikt.cli import main
-from retrikt.errors import ConfigError
+from retrikt.errors import ConfigError, StoreError
 from retrikt.generator.configs import TRAIN_SOURCE, BuildConfig
 from retrikt.store import KnowledgeStore, StoreEntry
 from retrikt.store import files as fs
@@ -101,7 +101,7 @@ def test_fit_rules_need_a_heldout_slice_and_unknown_rules_are_refused():
         fit_combination("learned", RTE, [A, B], {A: np.zeros((0, 2)), B: np.zeros((0, 2))}, [])
     with pytest.raises(ConfigError, match="unknown teacher combination"):
         Combination("median", [A, B])
-    with pytest.raises(Exception, match="teacher_combination"):
+    with pytest.raises(ConfigError, match="teacher_combination"):
         BuildConfig(task="cb", out="s", teacher_combination="median")
 
 
@@ -213,7 +213,7 @@ def test_teacher_labels_and_provenance_round_trip_and_the_store_verifies(tmp_pat
 def test_a_teachers_labels_must_have_the_tasks_width(tmp_path):
     bad = _entries()[:1]
     bad[0].teacher_labels = {A: [0.5, 0.5]}
-    with pytest.raises(Exception, match="teacher 'teacher-a' has 2 label values"):
+    with pytest.raises(StoreError, match="teacher 'teacher-a' has 2 label values"):
         _store(tmp_path / "s", bad)
 
 

@@ -74,6 +74,7 @@ def test_demos_have_different_labels_and_follow_the_seed():
     demos = pick_demos(CB, examples, seed=0)
     assert len(demos) == 2 and demos[0]["label"] != demos[1]["label"]
     assert pick_demos(CB, examples, seed=0) == demos
+    assert any(pick_demos(CB, examples, seed=s) != demos for s in range(1, 4))
 
 
 def test_the_label_explained_is_gold_for_training_examples_and_the_teachers_otherwise():
