@@ -228,12 +228,37 @@ def run_task(task: Task, args: argparse.Namespace, cache: ArtefactCache) -> dict
         "search": {"trials": len(search["trials"]), "winner": winner.name,
                    "seconds_this_run": round(search_seconds, 1), "out": search_config.out,
                    "front": search["front"], "recommended": search["recommended"],
+                   "finalists": [finalist_row(f) for f in search["finalists"]],
                    "trial_seconds": sum(t["seconds"] or 0 for t in search["trials"])},
         "teacher_ref": reference,
         "rows": rows,
         "nearest_truncation": nearest["architecture"],
         "fastest_at_90": max(good, key=lambda r: r["speedup"]) if good else None,
     }  # fmt: skip
+
+
+def finalist_row(finalist: dict) -> dict:
+    """What the report says of a finalist: why it got there (proxy loss or incumbent) and
+    what chose the winner (the held-out slice's score, absent when it was the only one)."""
+    return {
+        "architecture": finalist["name"],
+        "incumbent": bool(finalist.get("incumbent")),
+        "proxy_loss": finalist.get("loss"),
+        "latency_ms": finalist["latency_ms_p50"],
+        "heldout_metrics": finalist.get("heldout_metrics"),
+        "heldout_score": finalist.get("heldout_score"),
+    }
+
+
+def finalists_line(finalists: list[dict]) -> str:
+    """One sentence: each finalist's held-out score (x100) and how it became a finalist."""
+    parts = []
+    for f in finalists:
+        how = "the incumbent cut" if f["incumbent"] else f"proxy loss {f['proxy_loss']:.3f}"
+        held = f["heldout_metrics"]
+        scores = " / ".join(f"{100 * v:.1f}" for v in held.values()) if held else "not scored"
+        parts.append(f"{f['architecture']} ({how}, {f['latency_ms']:.1f} ms): {scores}")
+    return "Finalists on the held-out slice of the training split: " + "; ".join(parts) + "."
 
 
 def earlier_tasks(path: Path, names: list[str]) -> list[dict]:
@@ -310,6 +335,8 @@ def write_report(results: list[dict], args: argparse.Namespace) -> None:
                if fast else "No student reaches 90% of the teacher's score."),
             "",
         ]  # fmt: skip
+        if "finalists" in search:  # reports written before finalists were kept lack them
+            lines += [finalists_line(search["finalists"]), ""]
     out.with_suffix(".md").write_text("\n".join(lines))
     plot(results, out.with_suffix(".png"))
 
