@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from retrikt.config import DefaultsHelpFormatter
 from retrikt.doctor import cpu_features
 from retrikt.generator.lm import load_base, load_policy
 from retrikt.generator.sampler import Sampler, SamplingConfig, greedy_without_cache
@@ -66,15 +67,33 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="cb")
-    parser.add_argument("--generator", default="smollm2-135m")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter
+    )
+    parser.add_argument("--task", default="cb", help="task whose generation prompts are sampled")
+    parser.add_argument("--generator", default="smollm2-135m", help="generator LM preset")
     parser.add_argument("--adapter", help="soft-prompt adapter folder (default: a random one)")
-    parser.add_argument("--virtual-tokens", type=int, default=16)
-    parser.add_argument("--batch-sizes", default="8,32")
+    parser.add_argument(
+        "--virtual-tokens",
+        type=int,
+        default=16,
+        help="length in tokens of the random soft prompt (unused with --adapter)",
+    )
+    parser.add_argument(
+        "--batch-sizes", default="8,32", help="comma-separated batch sizes, one table row each"
+    )
     parser.add_argument("--batches", type=int, default=2, help="timed batches per setting")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--out", default="experiments/results/generation_throughput.md")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=128,
+        help="new tokens every row writes (forced: no early stop)",
+    )
+    parser.add_argument(
+        "--out",
+        default="experiments/results/generation_throughput.md",
+        help="the markdown report (also printed)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -43,6 +43,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from retrikt.config import DefaultsHelpFormatter  # noqa: E402
+
 CACHE = REPO / "experiments" / "cache"
 #: A phase is contaminated when other processes left its threads less than a core each,
 #: give or take this much (averaged over the phase).
@@ -507,24 +510,57 @@ then noisy.
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", default="cb")
-    parser.add_argument("--data-dir", default=os.environ.get("RETRIKT_DATA", "../shared/data"))
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--task",
+        default="cb",
+        help="task whose validation inputs are timed (a plain single-text or pair task)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("RETRIKT_DATA", "../shared/data"),
+        help="folder holding superglue/ and glue/: the inputs, and the sentences of the "
+        "synthetic store ($RETRIKT_DATA if set)",
+    )
     parser.add_argument("--encoder", default="minilm-l6", help="the student's encoder preset")
     parser.add_argument("--teacher", default="runs/teachers/cb-lora",
                         help="the tuned teacher folder (retrikt train-teacher)")  # fmt: skip
     parser.add_argument("--teacher-dtypes", default="bf16,float32",
                         help="bf16 (where the CPU has it) and/or float32")  # fmt: skip
     parser.add_argument("--threads", default="1,2", help="torch/onnxruntime/faiss threads")
-    parser.add_argument("--store-size", type=int, default=50_000)
-    parser.add_argument("--k", type=int, default=8)
+    parser.add_argument(
+        "--store-size",
+        type=int,
+        default=50_000,
+        help="entries in the synthetic store (built once per size and cached)",
+    )
+    parser.add_argument(
+        "--k", type=int, default=8, help="neighbours the student retrieves per input"
+    )
     parser.add_argument("--requests", type=int, default=150, help="batch-1 calls per student")
     parser.add_argument("--pass-size", type=int, default=128, help="inputs per throughput pass")
     parser.add_argument("--passes", type=int, default=3, help="throughput passes per student")
-    parser.add_argument("--teacher-requests", type=int, default=30)
-    parser.add_argument("--teacher-pass-size", type=int, default=64)
-    parser.add_argument("--teacher-passes", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--teacher-requests", type=int, default=30, help="batch-1 calls per teacher dtype"
+    )
+    parser.add_argument(
+        "--teacher-pass-size",
+        type=int,
+        default=64,
+        help="inputs per teacher throughput pass (in batches of 32)",
+    )
+    parser.add_argument(
+        "--teacher-passes", type=int, default=1, help="throughput passes per teacher dtype"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the student's untrained head and of the synthetic store (used when "
+        "they are first built; the cache is not keyed by it)",
+    )
     parser.add_argument("--out", help="write OUT.json and OUT.md")
     parser.add_argument("--prepare-only", action="store_true",
                         help="build the cached models, store and exports only")  # fmt: skip

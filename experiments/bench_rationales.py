@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
+from retrikt.config import DefaultsHelpFormatter
 from retrikt.doctor import cpu_features
 from retrikt.generator.lm import compute_dtype, load_policy
 from retrikt.generator.rationales import Demo, clean_rationale, pick_demos, rationale_prompt
@@ -46,14 +47,22 @@ logger = logging.getLogger("bench_rationales")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter
+    )
     parser.add_argument("--data-dir", required=True, help="folder holding superglue/ and glue/")
-    parser.add_argument("--task", default="cola")
+    parser.add_argument(
+        "--task", default="cola", help="task whose training examples get rationales"
+    )
     parser.add_argument("--model", default="qwen2.5-0.5b", help="the rationale LLM preset")
     parser.add_argument("--batch-size", type=int, default=16, help="build-store's default")
     parser.add_argument("--batches", type=int, default=3, help="timed batches per setting")
     parser.add_argument("--tokens", type=int, default=48, help="--rationale-tokens")
-    parser.add_argument("--out", default="experiments/results/rationale_throughput.md")
+    parser.add_argument(
+        "--out",
+        default="experiments/results/rationale_throughput.md",
+        help="the markdown report",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from retrikt.config import DefaultsHelpFormatter
 from retrikt.store import IndexConfig, VectorIndex, choose_index
 
 logger = logging.getLogger("bench_store")
@@ -303,9 +304,17 @@ def targets(rows: list[dict]) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    parser.add_argument("--dim", type=int, default=384)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[10_000, 100_000, 1_000_000],
+        help="entries of each synthetic store benchmarked",
+    )
+    parser.add_argument("--dim", type=int, default=384, help="dimension of the synthetic vectors")
     parser.add_argument("--queries", type=int, default=1000, help="recall and latency queries")
     parser.add_argument("--budget", type=float, default=10.0, help="seconds per latency loop")
     parser.add_argument("--threads", type=int, default=2, help="faiss threads at batch 64")
@@ -318,9 +327,20 @@ def main() -> int:
     parser.add_argument("--variants", nargs="*", default=[], help="extra IVF codecs, e.g. SQ8")
     parser.add_argument("--skip", nargs="*", default=[], help="index names to leave out")
     parser.add_argument("--real-data", type=Path, help="benchmark data folder (glue/SST-2)")
-    parser.add_argument("--real-n", type=int, default=20_000)
+    parser.add_argument(
+        "--real-n",
+        type=int,
+        default=20_000,
+        help="with --real-data: SST-2 sentences embedded as the real store, and the size of "
+        "the synthetic set compared with it",
+    )
     parser.add_argument("--cache", type=Path, default=CACHE, help="data and ground-truth cache")
-    parser.add_argument("--out", type=Path, default=Path("experiments/results/store_benchmark"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("experiments/results/store_benchmark"),
+        help="writes OUT.json and OUT.md (the markdown is also printed)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from retrikt.config import DefaultsHelpFormatter
+
 #: (model, tuning, fp32, length-grouped batches); one ungrouped row prices the padding.
 SETTINGS = [
     ("smollm2-135m", "lora", True, True),
@@ -136,10 +138,14 @@ def row(model: str, tuning: str, fp32: bool, grouped: bool, result: dict) -> str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter
+    )
     parser.add_argument("--data-dir", help="folder holding superglue/ (default: $RETRIKT_DATA)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per setting")
-    parser.add_argument("--out", default="experiments/results/teacher_cost.md")
+    parser.add_argument(
+        "--out", default="experiments/results/teacher_cost.md", help="the markdown report"
+    )
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "TUNING"), help=argparse.SUPPRESS)
     parser.add_argument("--random-batches", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

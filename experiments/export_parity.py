@@ -29,6 +29,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from retrikt.config import DefaultsHelpFormatter  # noqa: E402
+
 CACHE = REPO / "experiments" / "cache" / "export-parity"
 
 logger = logging.getLogger("export_parity")
@@ -204,13 +207,28 @@ the controlled benchmark.
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", default="cb,copa,rte,mrpc,cola,stsb")
-    parser.add_argument("--data-dir", default=os.environ.get("RETRIKT_DATA", "../shared/data"))
-    parser.add_argument("--encoder", default="minilm-l6")
-    parser.add_argument("--train-limit", type=int, default=256)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--tasks", default="cb,copa,rte,mrpc,cola,stsb", help="comma-separated task names"
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("RETRIKT_DATA", "../shared/data"),
+        help="folder holding superglue/ and glue/ ($RETRIKT_DATA if set)",
+    )
+    parser.add_argument("--encoder", default="minilm-l6", help="the students' encoder preset")
+    parser.add_argument(
+        "--train-limit",
+        type=int,
+        default=256,
+        help="random training examples each student trains on and keeps in its store",
+    )
+    parser.add_argument("--epochs", type=int, default=2, help="training epochs per student")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (the ONNX sessions use as many)"
+    )
     parser.add_argument("--out", help="write OUT.json and OUT.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

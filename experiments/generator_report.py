@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retrikt.config import DefaultsHelpFormatter
 from retrikt.encoder import Encoder
 from retrikt.generator.build import (
     BuildConfig,
@@ -118,22 +119,74 @@ def render(command: str, args, sections: list[str], teacher_rows: list[str]) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--out", default="experiments/results/generator.md")
-    parser.add_argument("--tasks", default="copa,rte,cb")
-    parser.add_argument("--samples-per-label", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=144)
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--prompt-steps", type=int, default=30)
-    parser.add_argument("--teacher-steps", type=int, default=30)
-    parser.add_argument("--virtual-tokens", type=int, default=16)
-    parser.add_argument("--rl-steps", type=int, default=4)
-    parser.add_argument("--rl-batch", type=int, default=6)
-    parser.add_argument("--train-limit", type=int, default=400)
-    parser.add_argument("--teacher-eval-limit", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter
+    )
+    parser.add_argument("--data-dir", required=True, help="folder holding superglue/ and glue/")
+    parser.add_argument(
+        "--out",
+        default="experiments/results/generator.md",
+        help="the markdown report, rewritten after each task",
+    )
+    parser.add_argument("--tasks", default="copa,rte,cb", help="comma-separated task names")
+    parser.add_argument(
+        "--samples-per-label",
+        type=int,
+        default=8,
+        help="examples generated per label and setting",
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=144, help="token limit per generated example"
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=0.8, help="sampling temperature (also PPO's rollouts)"
+    )
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        default=0.95,
+        help="nucleus sampling mass, 1 = the full distribution (also PPO's rollouts)",
+    )
+    parser.add_argument(
+        "--prompt-steps",
+        type=int,
+        default=30,
+        help="tuning steps of the generator's soft prompt (the supervised and PPO settings)",
+    )
+    parser.add_argument(
+        "--teacher-steps",
+        type=int,
+        default=30,
+        help="tuning steps of the teacher's soft prompt (the tuned teacher that labels)",
+    )
+    parser.add_argument(
+        "--virtual-tokens",
+        type=int,
+        default=16,
+        help="length in tokens of every soft prompt (generator and teacher)",
+    )
+    parser.add_argument(
+        "--rl-steps", type=int, default=4, help="PPO steps (one rollout batch each)"
+    )
+    parser.add_argument(
+        "--rl-batch",
+        type=int,
+        default=6,
+        help="rollouts per PPO step (all in one gradient update)",
+    )
+    parser.add_argument(
+        "--train-limit",
+        type=int,
+        default=400,
+        help="random training examples the soft prompts train on and outputs are compared with",
+    )
+    parser.add_argument(
+        "--teacher-eval-limit",
+        type=int,
+        default=100,
+        help="random validation examples the teacher is measured on",
+    )
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences generated together")
     parser.add_argument("--cache-dir", help="stage cache (default: $RETRIKT_CACHE/build)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from experiments.bench_latency import CpuMonitor, machine_context  # noqa: E402
+from retrikt.config import DefaultsHelpFormatter  # noqa: E402
 from retrikt.tasks import get_task  # noqa: E402
 
 
@@ -209,20 +210,39 @@ def summarise(results: list[dict], wall: float) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter
+    )
     parser.add_argument("--model", help="student folder to serve (or give --url)")
     parser.add_argument("--url", help="an already running server instead of starting one")
-    parser.add_argument("--task", default="cb")
-    parser.add_argument("--data-dir", default=os.environ.get("RETRIKT_DATA", "../shared/data"))
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument(
+        "--task", default="cb", help="task whose validation inputs are sent (the served student's)"
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("RETRIKT_DATA", "../shared/data"),
+        help="folder holding superglue/ and glue/ ($RETRIKT_DATA if set)",
+    )
+    parser.add_argument(
+        "--requests", type=int, default=2000, help="POST /predict requests timed (after a warm-up)"
+    )
+    parser.add_argument(
+        "--clients", type=int, default=8, help="concurrent clients, one connection each"
+    )
     parser.add_argument("--batch", type=int, default=1, help="inputs per request")
-    parser.add_argument("--bad-fraction", type=float, default=0.0)
+    parser.add_argument(
+        "--bad-fraction",
+        type=float,
+        default=0.0,
+        help="share of requests (0-1) carrying an invalid input on purpose, which must get a 422",
+    )
     parser.add_argument("--burst", type=int, default=0, help="maximum-size requests at once")
     parser.add_argument(
         "--batch-wait-ms", type=float, help="passed to the server it starts (default: serve's)"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the request plan: the inputs and bad requests"
+    )
     parser.add_argument("--out", help="write OUT.json and OUT.md")
     args = parser.parse_args()
     if not (args.model or args.url):

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retrikt.config import DefaultsHelpFormatter
 from retrikt.tasks import get_task
 from retrikt.training import TrainConfig, set_threads, train_student
 
@@ -119,12 +120,28 @@ def write_markdown(path: Path, command: str, scale: dict, summary: dict[str, dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default=os.environ.get("RETRIKT_DATA", "../shared/data"))
-    parser.add_argument("--encoder", default="minilm-l6")
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    parser.add_argument("--results", type=Path, default=HERE / "results" / "baseline")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("RETRIKT_DATA", "../shared/data"),
+        help="folder holding superglue/ and glue/ ($RETRIKT_DATA if set)",
+    )
+    parser.add_argument("--encoder", default="minilm-l6", help="the student's encoder preset")
+    parser.add_argument(
+        "--max-length", type=int, default=128, help="tokens per input, longer ones are truncated"
+    )
+    parser.add_argument(
+        "--tasks", nargs="+", default=list(TASKS), choices=TASKS, help="tasks to run"
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=HERE / "results" / "baseline",
+        help="writes RESULTS.json and RESULTS.md; runs already in RESULTS.json at the same "
+        "scale are reused",
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

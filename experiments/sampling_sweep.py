@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from retrikt.cache import ArtefactCache, write_json_atomic
+from retrikt.config import DefaultsHelpFormatter
 from retrikt.encoder import Encoder
 from retrikt.generator.build import (
     generate_records,
@@ -148,19 +149,47 @@ def render_chart(tasks: dict[str, Any], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter
+    )
     parser.add_argument("--data-dir", required=True, help="folder holding superglue/ and glue/")
-    parser.add_argument("--tasks", default="copa,cb")
+    parser.add_argument(
+        "--tasks", default="copa,cb", help="comma-separated task names (each needs --teacher)"
+    )
     parser.add_argument(
         "--teacher", action="append", default=[], metavar="TASK=DIR", help="tuned teacher"
     )
-    parser.add_argument("--scale", default="full", choices=sorted(SCALES))
-    parser.add_argument("--temperatures", default="0.6,0.8,1.0,1.2")
-    parser.add_argument("--top-ps", default="0.9,1.0")
-    parser.add_argument("--samples-per-label", type=int, default=32)
-    parser.add_argument("--cache-dir", default=DEFAULT_CACHE)
-    parser.add_argument("--out", default="experiments/results/sampling")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--scale",
+        default="full",
+        choices=sorted(SCALES),
+        help="the harness scale whose store-build settings (the generator's soft prompt too) apply",
+    )
+    parser.add_argument(
+        "--temperatures", default="0.6,0.8,1.0,1.2", help="comma-separated temperatures to sweep"
+    )
+    parser.add_argument(
+        "--top-ps",
+        default="0.9,1.0",
+        help="comma-separated top-p values to sweep (each with every temperature)",
+    )
+    parser.add_argument(
+        "--samples-per-label",
+        type=int,
+        default=32,
+        help="examples generated per label and setting",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default=DEFAULT_CACHE,
+        help="the harness cache, shared with its store builds (prompts, generations)",
+    )
+    parser.add_argument(
+        "--out",
+        default="experiments/results/sampling",
+        help="writes OUT.md, OUT.json and OUT.png, rewritten after each task",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

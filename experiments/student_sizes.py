@@ -26,6 +26,7 @@ matplotlib.use("Agg")  # files only: no display on a server
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
+from retrikt.config import DefaultsHelpFormatter  # noqa: E402
 from retrikt.harness.report import format_mean_sd, mean_sd  # noqa: E402
 
 METHODS = ("student-ft", "student-kd", "retrikt")
@@ -202,9 +203,16 @@ def plot(by_task: dict[str, list[dict]], out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter
+    )
     parser.add_argument("tables", nargs="+", type=Path, help="harness .json tables")
-    parser.add_argument("--out", type=Path, default=Path("experiments/results/student_sizes"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("experiments/results/student_sizes"),
+        help="writes OUT.md and OUT.png",
+    )
     parser.add_argument("--tasks", help="comma-separated tasks to show (default: all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
