@@ -60,7 +60,7 @@ def _big(i: int, n: int) -> dict:
 def test_a_flood_of_maximum_size_requests_is_shed_and_small_requests_are_not_stalled():
     """Issue 18.2: eight 64-input requests used to hold a 1-input request for 25 s.
 
-    Bound, counted in model calls rather than seconds (so a busy machine cannot fail it): an
+    Bound, counted in model calls rather than seconds (so it holds on a slow machine too): an
     admitted request waits for the call running, at most max_queue inputs queued ahead of it
     (max_queue / max_batch calls) and its own call; anything refused is refused before any
     model call finishes.
