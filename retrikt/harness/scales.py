@@ -105,7 +105,7 @@ SCALES: dict[str, Scale] = {
         rl_steps=20,
         setfit_iterations=5,
         latency_examples=100,
-        # experiments/results/sampling.md (COPA): within noise of the best yield, the most
+        # experiments/results/sampling-*.md (COPA, RTE): within noise of the best yield, the most
         # varied examples; T 1.2 loses a quarter to two thirds of the outputs to parse errors.
         temperature=1.0,
         top_p=0.9,
