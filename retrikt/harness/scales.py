@@ -105,9 +105,8 @@ SCALES: dict[str, Scale] = {
         rl_steps=20,
         setfit_iterations=5,
         latency_examples=100,
-        # experiments/results/sampling-*.md: within noise of the best yield on COPA, RTE and CoLA
-        # (MRPC's best is T 0.8), with the most varied examples; T 1.2 loses a quarter to two
-        # thirds of the outputs to parse errors.
+        # experiments/results/sampling-*.md: a yield within noise of the best on COPA, RTE and
+        # CoLA (MRPC's best is T 0.8); T 1.2 loses 11-67% of the outputs to parse errors.
         temperature=1.0,
         top_p=0.9,
     ),
