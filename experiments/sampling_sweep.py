@@ -12,12 +12,17 @@ first, then the least alike) is what scale ``full`` samples with::
         --tasks copa --teacher copa=experiments/cache/teachers/copa/qwen-lora
 
 Generations are checkpointed per setting (``generate_records``): a killed run resumes, and the
-report is rewritten after every task.
+report is rewritten after every task. ``--combine`` reads the per-task reports and writes the
+cross-task table that ``build-store``'s default sampling comes from::
+
+    .venv/bin/python experiments/sampling_sweep.py --combine --out experiments/results/sampling \
+        experiments/results/sampling-{cb,copa,rte,mrpc,cola,stsb}.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
@@ -26,6 +31,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from retrikt.cache import ArtefactCache, write_json_atomic
 from retrikt.config import DefaultsHelpFormatter
@@ -127,6 +134,60 @@ def render(command: str, args: argparse.Namespace, tasks: dict[str, Any]) -> str
     return "\n".join(lines)
 
 
+def combine(tasks: dict[str, Any]) -> dict[str, Any]:
+    """One setting for every task: ``choose_setting``'s rule on each setting's yield and mean
+    pairwise cosine averaged over the tasks that swept it (a setting missing from any task's
+    grid is left out, so every mean is over the same tasks)."""
+    swept = set.intersection(*(set(r["settings"]) for r in tasks.values()))
+    shared = [name for name in next(iter(tasks.values()))["settings"] if name in swept]
+    means = {
+        name: {
+            key: float(np.mean([r["settings"][name].get(key, np.nan) for r in tasks.values()]))
+            for key in ("yield", "pairwise_cosine")
+        }
+        for name in shared
+    }
+    return {"settings": means, "chosen": choose_setting(means)}
+
+
+def render_combined(command: str, tasks: dict[str, Any], sources: list[str]) -> str:
+    """Each setting's yield on every task, the mean, and each task's own pick."""
+    combined = combine(tasks)
+    names = list(tasks)
+    lines = [
+        "# Generator sampling across tasks: one default",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        "Yield (share of all outputs that parse, carry the requested label by the teacher and "
+        "are new; see each task's report) per setting and task, from "
+        + ", ".join(f"[`{Path(s).stem}`]({Path(s).with_suffix('.md').name})" for s in sources)
+        + ". *mean* is over the tasks; a **bold** yield is that task's own pick, and the "
+        "**bold** setting is the pick across tasks: `choose_setting`'s rule (the least alike of "
+        "the settings within 0.05 of the best) on the mean yield and the mean of the tasks' "
+        "mean pairwise cosines.",
+        "",
+        "| setting | " + " | ".join(names) + " | mean | mean pairwise cos |",
+        "|---" + "|---:" * (len(names) + 2) + "|",
+    ]
+    for name, mean in combined["settings"].items():
+        cells = [
+            f"**{r['settings'][name]['yield']:.2f}**"
+            if name == r["chosen"]
+            else f"{r['settings'][name]['yield']:.2f}"
+            for r in tasks.values()
+        ]
+        shown = f"**{name}**" if name == combined["chosen"] else name
+        lines.append(
+            f"| {shown} | " + " | ".join(cells)
+            + f" | {mean['yield']:.3f} | {mean['pairwise_cosine']:.3f} |"
+        )  # fmt: skip
+    lines += ["", f"Chosen across tasks: **{combined['chosen']}**.", ""]
+    return "\n".join(lines)
+
+
 def render_chart(tasks: dict[str, Any], path: Path) -> None:
     """Yield against mean pairwise cosine, one panel per task, each setting labelled."""
     import matplotlib
@@ -152,7 +213,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter
     )
-    parser.add_argument("--data-dir", required=True, help="folder holding superglue/ and glue/")
+    parser.add_argument("--data-dir", help="folder holding superglue/ and glue/")
     parser.add_argument(
         "--tasks", default="copa,cb", help="comma-separated task names (each needs --teacher)"
     )
@@ -190,8 +251,28 @@ def main() -> None:
         help="writes OUT.md, OUT.json and OUT.png, rewritten after each task",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--combine",
+        action="store_true",
+        help="sweep nothing: read the REPORTS (.json of earlier sweeps) and write OUT.md with "
+        "every setting's yield on each task and the one setting chosen across them",
+    )
+    parser.add_argument("reports", nargs="*", help="with --combine: sweep reports (.json)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    out = Path(args.out)
+    if args.combine:
+        if not args.reports:
+            parser.error("--combine needs the sweep reports (.json) to read")
+        tasks = {}
+        for report in args.reports:
+            tasks.update(json.loads(Path(report).read_text())["tasks"])
+        command = ".venv/bin/python " + shlex.join(sys.argv)
+        out.with_suffix(".md").write_text(render_combined(command, tasks, args.reports))
+        logger.info("wrote %s", out.with_suffix(".md"))
+        return
+    if not args.data_dir:
+        parser.error("--data-dir is required to sweep (all but --combine)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
@@ -200,7 +281,6 @@ def main() -> None:
     command = "OMP_NUM_THREADS={} .venv/bin/python {}".format(
         os.environ.get("OMP_NUM_THREADS", "<unset>"), shlex.join(sys.argv)
     )
-    out = Path(args.out)
     tasks: dict[str, Any] = {}
     for task in args.tasks.split(","):
         if task not in teachers:

@@ -126,7 +126,9 @@ def test_end_to_end_small_build_fails_empty_then_resumes(data_dir, tmp_path, cap
         rl="none",
         generator_prompt=SoftPromptConfig(steps=1, num_virtual_tokens=4),
         teacher_prompt=SoftPromptConfig(steps=1, num_virtual_tokens=4),
-        sampling=SamplingConfig(batch_size=3, max_new_tokens=24),
+        # seeded draws at a set temperature and top-p, so the outputs below do not change
+        # with build-store's default sampling
+        sampling=SamplingConfig(batch_size=3, max_new_tokens=24, temperature=0.8, top_p=0.95),
         train_limit=6,
         teacher_eval_limit=3,
         cache_dir=str(tmp_path / "cache"),
@@ -199,8 +201,8 @@ def test_flags_reach_the_nested_configs():
 
 @pytest.mark.slow
 def test_a_real_tiny_build_writes_mostly_parsable_examples(data_dir, tmp_path):
-    """CB, 4 samples per label, 144 new tokens at temperature 0.8: the sampler's output is
-    real task text. Measured on this stack: 7 of 12 parsed with a 16-step prompt on a bf16
+    """CB, 4 samples per label, 144 new tokens at temperature 0.8, top-p 0.95: the sampler's
+    output is real task text. Measured on this stack: 7 of 12 parsed with a 16-step prompt on a bf16
     CPU (6 of 12 with 8 steps), 4 of 12 in fp32 on a CPU without bf16 (other numerics, other
     samples); a broken cached generation parses none, so a quarter separates the two."""
     from retrikt.store import KnowledgeStore
@@ -213,7 +215,7 @@ def test_a_real_tiny_build_writes_mostly_parsable_examples(data_dir, tmp_path):
         rl="none",
         generator_prompt=SoftPromptConfig(steps=16, num_virtual_tokens=8),
         teacher_prompt=SoftPromptConfig(steps=0),
-        sampling=SamplingConfig(batch_size=12, max_new_tokens=144, temperature=0.8),
+        sampling=SamplingConfig(batch_size=12, max_new_tokens=144, temperature=0.8, top_p=0.95),
         train_limit=32,
         teacher_eval_limit=3,
         cache_dir=str(tmp_path / "cache"),

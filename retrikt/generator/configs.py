@@ -23,12 +23,12 @@ class SamplingConfig(Config):
     """How examples are sampled; the store and the RL rollouts use the same settings."""
 
     max_new_tokens: int = option(144, "token limit per generated example", min=1)
+    # experiments/results/sampling.md: across six tasks, the most varied setting within 0.05
+    # of the best mean yield (parsed, labelled as asked, new); per task the best may differ.
     temperature: float = option(
-        0.8, "sampling temperature of the generator (store and RL rollouts)", min=1e-3
+        1.0, "sampling temperature of the generator (store and RL rollouts)", min=1e-3
     )
-    top_p: float = option(
-        0.95, "nucleus sampling mass (1 = the full distribution)", min=0.01, max=1
-    )
+    top_p: float = option(0.9, "nucleus sampling mass (1 = the full distribution)", min=0.01, max=1)
     batch_size: int = option(16, "sequences generated together", min=1)
     seed: int = option(0, "seed of every job's own random stream")
     min_new_tokens: int = option(0, "benchmarks set it to max_new_tokens", min=0, cli=False)
