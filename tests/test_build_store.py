@@ -202,9 +202,9 @@ def test_flags_reach_the_nested_configs():
 @pytest.mark.slow
 def test_a_real_tiny_build_writes_mostly_parsable_examples(data_dir, tmp_path):
     """CB, 4 samples per label, 144 new tokens at temperature 0.8, top-p 0.95: the sampler's
-    output is real task text. Measured on this stack: 7 of 12 parsed with a 16-step prompt on a bf16
-    CPU (6 of 12 with 8 steps), 4 of 12 in fp32 on a CPU without bf16 (other numerics, other
-    samples); a broken cached generation parses none, so a quarter separates the two."""
+    output is real task text. Measured on this stack: 7 of 12 parsed with a 16-step prompt on
+    a bf16 CPU (6 of 12 with 8 steps), 4 of 12 in fp32 on a CPU without bf16 (other numerics,
+    other samples); a broken cached generation parses none, so a quarter separates the two."""
     from retrikt.store import KnowledgeStore
 
     config = BuildConfig(
