@@ -2,9 +2,10 @@
 
 Issue 12.5: the paper's regime is a student around 1% of its LLM. This reads the harness
 tables of one task set run with several student encoders against the same store (one
-``retrikt evaluate ... --encoder E --store TASK=DIR`` table per encoder) and writes, per
-task, the score of ``student-ft``, ``student-kd`` and ``retrikt`` against the student's p50
-latency at batch 1 and its parameter count, plus the teacher's row when the tables have it::
+``retrikt evaluate ... --encoder E --store TASK=DIR`` table per encoder) and writes, per task
+and store, the score of ``student-ft``, ``student-kd`` and ``retrikt`` against the student's
+p50 latency at batch 1 and its parameter count, plus the teacher's row when the tables have
+it::
 
     .venv/bin/python experiments/student_sizes.py --out experiments/results/student_sizes \\
         experiments/results/table-full-minilm-l6.json \\
@@ -34,12 +35,20 @@ REFERENCES = ("teacher", "llm-prompt")  # whichever the tables have: the model b
 logger = logging.getLogger("student_sizes")
 
 
-def collect(paths: list[Path]) -> dict[str, list[dict]]:
-    """Rows by task: one per (encoder, method) with score, latency and parameters."""
-    by_task: dict[str, list[dict]] = {}
+Group = tuple[str, str | None]  # (task, the store its students used; None if not recorded)
+
+
+def collect(paths: list[Path]) -> dict[Group, list[dict]]:
+    """Rows by (task, store): one per (encoder, method) with score, latency and parameters.
+
+    Grouped by store as well as task because the axis compares students *on the same store*:
+    a table that ran a task on another store (say the main table's COPA column, beside a
+    size sweep on a newer COPA store) must not join that task's curve."""
+    by_group: dict[Group, list[dict]] = {}
     for path in paths:
         table = json.loads(path.read_text())
         encoder = table["config"]["encoder"]
+        stores = table["config"].get("stores") or {}
         per_seed: dict[tuple[str, str], dict[int, float]] = {}
         for run in table["runs"]:
             if run["status"] == "ok":
@@ -48,7 +57,7 @@ def collect(paths: list[Path]) -> dict[str, list[dict]]:
             # "partial": some seeds still to run (units fill in over sessions); shown with n=
             if row["status"] not in ("ok", "partial") or row["method"] not in METHODS + REFERENCES:
                 continue
-            by_task.setdefault(row["task"], []).append(
+            by_group.setdefault((row["task"], stores.get(row["task"])), []).append(
                 {
                     "encoder": encoder,
                     "method": row["method"],
@@ -62,7 +71,30 @@ def collect(paths: list[Path]) -> dict[str, list[dict]]:
                     "per_seed": per_seed.get((row["task"], row["method"]), {}),
                 }
             )
-    return by_task
+    return by_group
+
+
+def size_axes(groups: dict[Group, list[dict]]) -> dict[Group, list[dict]]:
+    """The groups with more than one student: one student on a store has no size axis.
+
+    The harness tables of a sweep also hold tasks that only the largest student ran (the main
+    table's other columns); they would otherwise show as one-point curves."""
+    kept = {}
+    for group, rows in groups.items():
+        students = {r["encoder"] for r in rows if r["method"] in METHODS}
+        if len(students) > 1:
+            kept[group] = rows
+        else:
+            logger.info("%s on %s: one student only, no size axis; left out", *group)
+    return kept
+
+
+def _title(group: Group, groups: dict[Group, list[dict]]) -> str:
+    """The task, with the store's folder name when the task has curves on two stores."""
+    task, store = group
+    if store is not None and sum(t == task for t, _ in groups) > 1:
+        return f"{task} ({Path(store).name})"
+    return task
 
 
 def _unique_references(rows: list[dict]) -> list[dict]:
@@ -110,7 +142,7 @@ def _format_gap(gap: dict | None) -> str:
     return f"{sign}{format_mean_sd(gap['mean'], gap['std'], gap['runs'])} (n={gap['runs']})"
 
 
-def write_markdown(by_task: dict[str, list[dict]], out: Path, command: str) -> None:
+def write_markdown(groups: dict[Group, list[dict]], out: Path, command: str) -> None:
     lines = [
         "# Student size: score against latency and parameters",
         "",
@@ -125,10 +157,11 @@ def write_markdown(by_task: dict[str, list[dict]], out: Path, command: str) -> N
         "so a throughput ratio for one-at-a-time serving).",
         "",
     ]
-    for task, rows in by_task.items():
+    for group, rows in groups.items():
+        lines += [f"## {_title(group, groups)}", ""]
+        if group[1] is not None:
+            lines += [f"Store: `{group[1]}` (the same for every student below).", ""]
         lines += [
-            f"## {task}",
-            "",
             "| student | method | score | p50 ms | params (M) | of teacher | speedup |",
             "|---|---|---:|---:|---:|---:|---:|",
         ]
@@ -167,11 +200,10 @@ def _size(row: dict) -> float:
     return row["params_m"]
 
 
-def plot(by_task: dict[str, list[dict]], out: Path) -> None:
-    tasks = list(by_task)
-    fig, axes = plt.subplots(2, len(tasks), figsize=(max(5, 4 * len(tasks)), 7), squeeze=False)
-    for col, task in enumerate(tasks):
-        rows = _unique_references(by_task[task])
+def plot(groups: dict[Group, list[dict]], out: Path) -> None:
+    fig, axes = plt.subplots(2, len(groups), figsize=(max(5, 4 * len(groups)), 7), squeeze=False)
+    for col, group in enumerate(groups):
+        rows = _unique_references(groups[group])
         for row_axis, (field, label) in enumerate(
             (("latency_ms", "p50 latency at batch 1 (ms)"), ("params_m", "parameters (M)"))
         ):
@@ -193,7 +225,7 @@ def plot(by_task: dict[str, list[dict]], out: Path) -> None:
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel(label)
-            ax.set_title(task)
+            ax.set_title(_title(group, groups))
             ax.grid(alpha=0.3)
             if col == 0:
                 ax.set_ylabel("score")
@@ -216,12 +248,12 @@ def main() -> None:
     parser.add_argument("--tasks", help="comma-separated tasks to show (default: all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    by_task = collect(args.tables)
+    groups = size_axes(collect(args.tables))
     if args.tasks:
-        by_task = {t: rows for t, rows in by_task.items() if t in args.tasks.split(",")}
+        groups = {g: rows for g, rows in groups.items() if g[0] in args.tasks.split(",")}
     command = ".venv/bin/python experiments/student_sizes.py " + shlex.join(sys.argv[1:])
-    write_markdown(by_task, args.out, command)
-    plot(by_task, args.out)
+    write_markdown(groups, args.out, command)
+    plot(groups, args.out)
     logger.info("wrote %s.md and .png", args.out)
 
 

@@ -19,8 +19,10 @@ def sizes(monkeypatch):
     return load_script("student_sizes", monkeypatch)
 
 
-def _table(path, encoder: str, params: int, scores: dict[str, dict[int, float]]) -> None:
-    """A harness table of one task with the given per-seed scores (seeds missing = pending)."""
+def _table(
+    path, encoder: str, params: int, scores: dict[str, dict[int, float]], store: str = "s"
+) -> None:
+    """A harness table of CB on ``store`` with the given per-seed scores (missing = pending)."""
     runs, summary = [], []
     for method, by_seed in scores.items():
         for seed, score in by_seed.items():
@@ -37,7 +39,11 @@ def _table(path, encoder: str, params: int, scores: dict[str, dict[int, float]])
             }
         )  # fmt: skip
     runs.append({"task": "cb", "method": "retrikt", "seed": 9, "status": "failed"})
-    table = {"config": {"encoder": encoder}, "scale": {"name": "full"}, "runs": runs}
+    table = {
+        "config": {"encoder": encoder, "stores": {"cb": store}},
+        "scale": {"name": "full"},
+        "runs": runs,
+    }
     path.write_text(json.dumps({**table, "summary": summary}))
 
 
@@ -69,3 +75,33 @@ def test_gaps_are_paired_by_seed_and_listed_largest_student_first(sizes, tmp_pat
     assert "| tiny | student-ft | 55.0 ± 7.1 (n=2) |" in report
     assert "| tiny | retrikt | 68.7 ± 18.9 |" in report  # all three seeds ran: no n=
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_each_store_is_its_own_curve_and_one_student_stores_are_left_out(
+    sizes, tmp_path, monkeypatch
+):
+    """The axis compares students on one store: a task run on two stores gives two curves,
+    and a store that only one student ran (a main table's other column) gives none."""
+    tables = []
+    for name, encoder, params, store, score in [
+        ("a", "big", 20_000_000, "stores/old", 0.6),
+        ("b", "tiny", 10_000_000, "stores/old", 0.5),
+        ("c", "big", 20_000_000, "stores/new", 0.7),
+        ("d", "tiny", 10_000_000, "stores/new", 0.65),
+        ("e", "big", 20_000_000, "stores/lonely", 0.9),
+    ]:
+        tables.append(tmp_path / f"{name}.json")
+        _table(
+            tables[-1], encoder, params, {"retrikt": dict.fromkeys((0, 1, 2), score)}, store=store
+        )
+    out = tmp_path / "sizes"
+    monkeypatch.setattr(sys, "argv", ["student_sizes.py", "--out", str(out), *map(str, tables)])
+    sizes.main()
+
+    report = out.with_suffix(".md").read_text()
+    assert "## cb (old)" in report and "## cb (new)" in report
+    new = report.split("## cb (new)")[1]
+    assert "Store: `stores/new`" in new
+    assert "| big | retrikt | 70.0 ± 0.0 |" in new and "| tiny | retrikt | 65.0 ± 0.0 |" in new
+    assert "60.0" not in new  # the old store's rows stay in their own section
+    assert "lonely" not in report and "90.0" not in report
