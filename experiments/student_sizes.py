@@ -251,6 +251,8 @@ def main() -> None:
     groups = size_axes(collect(args.tables))
     if args.tasks:
         groups = {g: rows for g, rows in groups.items() if g[0] in args.tasks.split(",")}
+    if not groups:
+        parser.error("no task in these tables ran more than one student on one store")
     command = ".venv/bin/python experiments/student_sizes.py " + shlex.join(sys.argv[1:])
     write_markdown(groups, args.out, command)
     plot(groups, args.out)

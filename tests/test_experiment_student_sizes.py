@@ -105,3 +105,13 @@ def test_each_store_is_its_own_curve_and_one_student_stores_are_left_out(
     assert "| big | retrikt | 70.0 ± 0.0 |" in new and "| tiny | retrikt | 65.0 ± 0.0 |" in new
     assert "60.0" not in new  # the old store's rows stay in their own section
     assert "lonely" not in report and "90.0" not in report
+
+
+def test_tables_without_a_size_axis_are_refused(sizes, tmp_path, monkeypatch, capsys):
+    only = tmp_path / "only.json"
+    _table(only, "big", 20_000_000, {"retrikt": dict.fromkeys((0, 1, 2), 0.6)})
+    monkeypatch.setattr(sys, "argv", ["student_sizes.py", "--out", str(tmp_path / "o"), str(only)])
+    with pytest.raises(SystemExit):
+        sizes.main()
+    assert "more than one student" in capsys.readouterr().err
+    assert not (tmp_path / "o.md").exists()
